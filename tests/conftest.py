@@ -1,0 +1,197 @@
+"""Shared fixtures: the built .pyz, a busybox bundle, real runtimes.
+
+Real-runtime tests skip where runc or crun cannot run; with
+OCI_INTERCEPTOR_REQUIRE_RUNTIMES=1 (set by .ci/run) a skip fails the run.
+Every container a test starts lives under a private --root and is deleted
+by id after the test, pass or fail.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import build_zipapp  # noqa: E402
+
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+REQUIRE_RUNTIMES = os.environ.get("OCI_INTERCEPTOR_REQUIRE_RUNTIMES") == "1"
+_ids = itertools.count()
+
+
+def need(condition, why):
+    """Skip (or, where runtimes are required, fail) unless condition holds."""
+    if condition:
+        return
+    if REQUIRE_RUNTIMES:
+        pytest.fail("required for this run: " + why)
+    pytest.skip(why)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = terminalreporter.stats.get("skipped", [])
+    if REQUIRE_RUNTIMES and skipped:
+        terminalreporter.write_line(
+            "FAILED: %d test(s) skipped while OCI_INTERCEPTOR_REQUIRE_RUNTIMES=1" % len(skipped),
+            red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if REQUIRE_RUNTIMES and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory):
+    """The .pyz, built from this checkout, started by the system Python."""
+    out = str(tmp_path_factory.mktemp("dist") / "oci-interceptor.pyz")
+    return build_zipapp.build(out, SYSTEM_PYTHON)
+
+
+def new_id(prefix="oi-test"):
+    return "%s-%d-%d" % (prefix, os.getpid(), next(_ids))
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory):
+    """A read-only busybox root filesystem with /etc files to mount over."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    need(os.path.exists(busybox), "busybox-static is not installed")
+    root = tmp_path_factory.mktemp("rootfs")
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp"):
+        (root / d).mkdir()
+    shutil.copy2(busybox, str(root / "bin" / "busybox"))
+    applets = subprocess.run([busybox, "--list"], stdout=subprocess.PIPE,
+                             universal_newlines=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", str(root / "bin" / applet))
+    for name in ("hosts", "hostname", "resolv.conf"):
+        (root / "etc" / name).write_text("")
+    return str(root)
+
+
+class Runtime(object):
+    """A real runtime with a private state directory."""
+
+    def __init__(self, name, path, state_root):
+        self.name = name
+        self.path = path
+        self.root = state_root
+
+    def __call__(self, *args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("timeout", 60)
+        return subprocess.run([self.path, "--root", self.root] + list(args), **kwargs)
+
+    def cleanup(self):
+        listed = self("list", "-q")
+        for cid in listed.stdout.decode().split():
+            self("delete", "--force", cid)
+
+
+def _spec_template(tmp_path_factory):
+    runc = shutil.which("runc")
+    need(runc is not None, "runc is not installed")
+    d = tmp_path_factory.mktemp("spec")
+    subprocess.run([runc, "spec", "--bundle", str(d)], check=True)
+    with open(str(d / "config.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def spec_template(tmp_path_factory):
+    return _spec_template(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def runtime_roots(tmp_path_factory):
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(params=["runc", "crun"])
+def runtime(request, runtime_roots, rootfs, spec_template, tmp_path_factory):
+    """runc, then crun: each checked to really run a container here."""
+    name = request.param
+    path = shutil.which(name)
+    need(path is not None, "%s is not installed" % name)
+    state_root = str(runtime_roots / name)
+    rt = Runtime(name, path, state_root)
+    _check_runtime_works(rt, rootfs, spec_template, tmp_path_factory)
+    yield rt
+    rt.cleanup()
+
+
+_working = {}
+
+
+def _check_runtime_works(rt, rootfs, spec_template, tmp_path_factory):
+    if rt.name not in _working:
+        bundle = make_bundle(tmp_path_factory.mktemp("probe"), rootfs, spec_template, ["true"])
+        cid = new_id("oi-probe")
+        result = rt("run", "--bundle", bundle.path, cid, stdin=subprocess.DEVNULL)
+        rt("delete", "--force", cid)
+        _working[rt.name] = (result.returncode == 0, result.stderr.decode(errors="replace"))
+    ok, err = _working[rt.name]
+    need(ok, "%s cannot run a container here: %s" % (rt.name, err.strip()))
+
+
+class Bundle(object):
+    def __init__(self, path):
+        self.path = path
+        self.config_path = os.path.join(path, "config.json")
+
+    def read(self):
+        with open(self.config_path) as f:
+            return json.load(f)
+
+    def raw(self):
+        with open(self.config_path, "rb") as f:
+            return f.read()
+
+    def write(self, spec):
+        with open(self.config_path, "w") as f:
+            json.dump(spec, f, indent="\t")
+
+
+def make_bundle(directory, rootfs, template, args, env=None, network_files=True):
+    """A bundle whose root is the shared read-only busybox rootfs, with host
+    files of its own bind-mounted at /etc/hosts, /etc/hostname, /etc/resolv.conf
+    (read-write, as Docker mounts them)."""
+    directory = str(directory)
+    spec = json.loads(json.dumps(template))
+    spec["root"] = {"path": rootfs, "readonly": True}
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = list(args)
+    spec["hostname"] = "oitest"
+    if env is not None:
+        spec["process"]["env"] = list(env)
+    if network_files:
+        for name in ("hosts", "hostname", "resolv.conf"):
+            source = os.path.join(directory, "host-" + name)
+            with open(source, "w") as f:
+                f.write("# %s\n" % name)
+            spec["mounts"].append({"destination": "/etc/" + name, "type": "bind",
+                                   "source": source, "options": ["rbind", "rprivate", "rw"]})
+    bundle = Bundle(directory)
+    bundle.write(spec)
+    return bundle
+
+
+@pytest.fixture
+def bundle_factory(tmp_path, rootfs, spec_template):
+    counter = itertools.count()
+
+    def factory(args, env=None, network_files=True):
+        d = tmp_path / ("bundle%d" % next(counter))
+        d.mkdir()
+        return make_bundle(d, rootfs, spec_template, args, env, network_files)
+    return factory
