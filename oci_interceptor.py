@@ -9,26 +9,34 @@ argument untouched. Every other subcommand goes straight through.
 The file reads top to bottom like the call it handles:
 
   1. Command line    our --oi-* flags, split from the runtime's own arguments
-  2. Runtime call    which subcommand, which bundle, which log file
-  3. Edits           small functions over the spec dict, run as a pipeline
-  4. Bundle I/O      parse and serialize raw JSON, write atomically
-  5. Reporting       errors to stderr and the runtime's --log; debug output
-  6. Exec and main
+  2. Policy          config file, profiles, hook files -> a list of rules
+  3. Runtime call    which subcommand, which bundle, which log file
+  4. Conditions      when a rule applies (OCI hooks 1.0.0 `when`, and more)
+  5. Edits           small functions over the spec dict, run as a pipeline
+  6. JSON            raw parsing and writing, equality, pointers
+  7. Bundle I/O      read, edit, write atomically
+  8. Reporting       errors to stderr and the runtime's --log; debug output
+  9. Exec and main   dry run, config check, exec
 
 Standard library only, valid Python 3.6 and newer. Modules that a plain
-passthrough call does not need (json, time formatting, ...) are imported
-inside the functions that use them, so forwarding `state` or `start` costs
-little more than starting the interpreter.
+passthrough call does not need (json, re, difflib, ...) are imported inside
+the functions that use them, so forwarding `state` or `start` costs little
+more than starting the interpreter.
 """
 
 import os
 import sys
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 PROG = "oci-interceptor"
 DEFAULT_RUNTIME = "runc"
 DEFAULT_DEBUG_DIR = "/var/log/oci-interceptor"
+DEFAULT_CONFIG = "/etc/oci-interceptor/config.json"
+# Names another default config file ("" for none); meant for tests and for
+# hosts that keep policy elsewhere. Only whoever starts the engine sets it.
+CONFIG_ENV = "OCI_INTERCEPTOR_CONFIG"
+CONFIG_VERSION = 1
 
 # Where a bare runtime name is looked for after PATH: daemons often run with a
 # thin PATH that lacks the sbin directories runc is installed in.
@@ -52,6 +60,12 @@ class UsageError(InterceptorError):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(InterceptorError):
+    """A bad config file, hook file or hooks directory."""
+
+    exit_code = EXIT_USAGE
+
+
 # ---------------------------------------------------------------------------
 # 1. Command line: our --oi-* flags, split from the runtime's own arguments
 # ---------------------------------------------------------------------------
@@ -67,10 +81,11 @@ class Flag(object):
 
     kind is "value" (takes one value, last wins), "list" (repeatable, values
     collected in order), "switch" (no value; `=true`/`=false` allowed) or
-    "action" (does something instead of running the runtime).
+    "action" (does something instead of running the runtime). key is the
+    config file key that means the same, if any.
     """
 
-    def __init__(self, name, kind, dest, help, metavar=None, check=None, aliases=()):
+    def __init__(self, name, kind, dest, help, metavar=None, check=None, aliases=(), key=None):
         self.name = name
         self.kind = kind
         self.dest = dest
@@ -78,6 +93,7 @@ class Flag(object):
         self.metavar = metavar
         self.check = check
         self.aliases = aliases
+        self.key = key
 
 
 def _check_env_assignment(flag, value):
@@ -94,30 +110,52 @@ def _check_not_empty(flag, value):
 
 
 FLAGS = (
-    Flag("--oi-runtime-path", "value", "runtime_path", metavar="PATH",
+    Flag("--oi-runtime-path", "value", "runtime_path", metavar="PATH", key="runtime-path",
          check=_check_not_empty, aliases=("--runtime-path",),
          help="The real runtime to run (default: runc). A bare name is looked up "
               "on PATH, then in " + ", ".join(FALLBACK_RUNTIME_DIRS) + "."),
     Flag("--oi-readonly-networking-mounts", "switch", "readonly_networking_mounts",
-         aliases=("--readonly-networking-mounts",),
+         key="readonly-networking-mounts", aliases=("--readonly-networking-mounts",),
          help="Make the mounts of /etc/hosts, /etc/hostname and /etc/resolv.conf "
               "read-only: every 'rw' option removed, 'ro' added."),
-    Flag("--oi-env", "list", "env_defaults", metavar="NAME=VALUE",
+    Flag("--oi-env", "list", "env", metavar="NAME=VALUE", key="env",
          check=_check_env_assignment,
          help="Set an environment variable unless the container already has it. "
               "Repeatable; the value may contain '='."),
-    Flag("--oi-env-force", "list", "env_force", metavar="NAME=VALUE",
+    Flag("--oi-env-force", "list", "env_force", metavar="NAME=VALUE", key="env-force",
          check=_check_env_assignment,
          help="Set an environment variable, replacing the container's own value. "
               "Repeatable; applied after --oi-env."),
-    Flag("--oi-write-debug-output", "switch", "write_debug_output",
+    Flag("--oi-config", "value", "config", metavar="FILE", check=_check_not_empty,
+         help="Read policy from this JSON file instead of %s (which is read only "
+              "if it exists; $%s names another default)." % (DEFAULT_CONFIG, CONFIG_ENV)),
+    Flag("--oi-profile", "value", "profile", metavar="NAME", check=_check_not_empty,
+         help="Apply this named profile of the config file. Without it, the profile "
+              "named like the program (a symlink's name) applies, if there is one."),
+    Flag("--oi-hook-config-path", "list", "hook_config_path", metavar="FILE",
+         key="hook-config-path", check=_check_not_empty, aliases=("--hook-config-path",),
+         help="Prepend the hooks of this oci-add-hooks hook file ({\"hooks\": {STAGE: "
+              "[HOOK, ...]}}) to every container, all six stages. Repeatable. A hook "
+              "already present is not added again."),
+    Flag("--oi-hooks-dir", "list", "hooks_dir", metavar="DIR", key="hooks-dir",
+         check=_check_not_empty,
+         help="Inject the matching hooks of the OCI hooks 1.0.0 files (*.json) in "
+              "this directory, as Podman and CRI-O read them. Repeatable; a file in a "
+              "later directory masks one of the same name in an earlier one."),
+    Flag("--oi-write-debug-output", "switch", "write_debug_output", key="write-debug-output",
          help="Keep <hostname>_original.json, <hostname>_parsed.json and "
               "<hostname>_modified.json (when modified) of each edited config, and "
               "append every forwarded call to runtime_calls.log. Files are readable "
               "by their owner only."),
     Flag("--oi-debug-output-dir", "value", "debug_output_dir", metavar="DIR",
-         check=_check_not_empty,
+         key="debug-output-dir", check=_check_not_empty,
          help="Where debug output goes (default: %s)." % DEFAULT_DEBUG_DIR),
+    Flag("--oi-dry-run", "switch", "dry_run",
+         help="Print what this call would do (the rules that match, a diff of "
+              "config.json, the runtime command) and change and run nothing."),
+    Flag("--oi-check-config", "action", "check-config",
+         help="Check the flags, config file and hook files, print a summary, and "
+              "exit 0 (valid) or 2 (not)."),
     Flag("--oi-version", "action", "version",
          help="Print the version and exit."),
     Flag("--oi-help", "action", "help",
@@ -136,16 +174,16 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 
 
 class Options(object):
-    """Everything our flags asked for."""
+    """Everything our flags asked for. None: not given on the command line
+    (the config file or the built-in default decides)."""
 
     def __init__(self):
-        self.runtime_path = DEFAULT_RUNTIME
-        self.readonly_networking_mounts = False
-        self.env_defaults = []
-        self.env_force = []
-        self.write_debug_output = False
-        self.debug_output_dir = DEFAULT_DEBUG_DIR
-        self.action = None          # "help" or "version"
+        for flag in FLAGS:
+            if flag.kind == "list":
+                setattr(self, flag.dest, [])
+            elif flag.kind != "action":
+                setattr(self, flag.dest, None)
+        self.action = None          # "help", "version" or "check-config"
 
 
 def _is_our_flag(arg):
@@ -154,7 +192,7 @@ def _is_our_flag(arg):
     return arg.partition("=")[0] in _FLAGS_BY_NAME
 
 
-def split_command_line(args, runtime_globals_with_value=None):
+def split_command_line(args):
     """Split args into (Options, runtime_args).
 
     Our flags are taken only before the runtime's subcommand. Runtime global
@@ -162,8 +200,6 @@ def split_command_line(args, runtime_globals_with_value=None):
     mistaken for the subcommand. A bad flag raises UsageError carrying the
     runtime arguments as far as they could be split (for error reporting).
     """
-    if runtime_globals_with_value is None:
-        runtime_globals_with_value = RUNTIME_GLOBALS_WITH_VALUE
     opts = Options()
     runtime_args = []
     error = None
@@ -210,7 +246,7 @@ def split_command_line(args, runtime_globals_with_value=None):
             # runtime's, untouched.
             runtime_args.extend(args[i:])
             break
-        if "=" not in arg and _option_name(arg) in runtime_globals_with_value and i < n:
+        if "=" not in arg and _option_name(arg) in RUNTIME_GLOBALS_WITH_VALUE and i < n:
             runtime_args.append(args[i])
             i += 1
     if error is not None:
@@ -224,14 +260,29 @@ def _option_name(arg):
     return arg.lstrip("-").partition("=")[0]
 
 
+def adapt_drop_in(argv0, args):
+    """Invoked as oci-add-hooks (a symlink), behave as it does: its
+    `--hook-config-path X --runtime-path Y RUNTIME ARGS` are our aliases
+    already; its lone `--version` is answered here."""
+    if os.path.basename(argv0 or "") == "oci-add-hooks" and args == ["--version"]:
+        return ["--oi-version"]
+    return args
+
+
 def help_text():
     lines = [
         "usage: %s [--oi-FLAG ...] [RUNTIME GLOBAL OPTIONS] COMMAND [ARGS ...]" % PROG,
         "",
         "An OCI runtime wrapper. Register it with Docker, Podman or containerd in",
         "place of runc. On 'create', 'run' and 'restore' it edits the bundle's",
-        "config.json as the flags below say, then executes the real runtime with",
-        "every other argument unchanged; every other command goes straight through.",
+        "config.json by its policy, then executes the real runtime with every",
+        "other argument unchanged; every other command goes straight through.",
+        "",
+        "Policy comes from the flags below and from a JSON config file",
+        "(%s if it exists, or --oi-config FILE): global" % DEFAULT_CONFIG,
+        "settings, named profiles, and rules that apply edits to the containers",
+        "their 'when' matches. Flags override the file's settings; list flags add",
+        "to its lists.",
         "",
         "Our flags start with --oi- and must come before the runtime's command;",
         "'--oi-x VALUE' and '--oi-x=VALUE' are the same. Anything after the",
@@ -246,19 +297,38 @@ def help_text():
             head += " " + flag.metavar
         lines.append(head)
         lines.extend(_wrap(flag.help, "        "))
+        if flag.key:
+            lines.append("        Config file key: \"%s\"." % flag.key)
         if flag.aliases:
-            lines.append("        Deprecated spelling (oci-interceptor 0.1): %s."
+            lines.append("        Also accepted (deprecated or drop-in spelling): %s."
                          % ", ".join(flag.aliases))
+    lines += [
+        "",
+        "rule actions (config file, in the order they apply):",
+    ]
+    for action in ACTIONS:
+        lines.append("  \"%s\"" % action.key)
+        lines.extend(_wrap(action.help, "        "))
+    lines += [
+        "",
+        "rule conditions (\"when\"; all given must match):",
+    ]
+    for key, text in CONDITION_HELP:
+        lines.append("  \"%s\"" % key)
+        lines.extend(_wrap(text, "        "))
     lines += [
         "",
         "examples:",
         "  %s --oi-readonly-networking-mounts --oi-env TZ=UTC \\" % PROG,
         "      --root /run/runc create --bundle /path/to/bundle mycontainer",
         "  %s --oi-runtime-path=crun --oi-env-force=HTTP_PROXY= run -b . box" % PROG,
+        "  %s --oi-config policy.json --oi-check-config" % PROG,
+        "  %s --oi-dry-run create --bundle /path/to/bundle mycontainer" % PROG,
         "",
         "Errors are one line on stderr and in the runtime's --log file (in its",
         "--log-format); the container is then not created. Exit status: the",
-        "runtime's own, or 1 when a policy could not be applied, 2 for a bad flag.",
+        "runtime's own, or 1 when a policy could not be applied, 2 for a bad flag",
+        "or config file.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -276,7 +346,524 @@ def _wrap(text, indent, width=78):
 
 
 # ---------------------------------------------------------------------------
-# 2. Runtime call: which subcommand, which bundle, which log file
+# 2. Policy: config file, profiles, hook files -> a list of rules
+# ---------------------------------------------------------------------------
+#
+# Everything that edits a config becomes a Rule: the global settings (flags
+# and the file's top level) are the first rule, "(global)", which always
+# applies; then one rule per oci-add-hooks hook file, one per matching OCI
+# hooks 1.0.0 file, and the config file's own rules in file order.
+#
+# Precedence: built-in defaults < config file top level < profile < flags.
+# Lists (env, env-force, hook-config-path, hooks-dir) add up in that order;
+# single values are overridden. A profile's rules follow the file's rules.
+
+
+class Rule(object):
+    def __init__(self, name, when, actions, source):
+        self.name = name
+        self.when = when            # a Condition, or None: always
+        self.actions = actions      # {action key: validated value}
+        self.source = source        # where it was defined, for messages
+
+
+class Policy(object):
+    def __init__(self):
+        self.runtime_path = DEFAULT_RUNTIME
+        self.write_debug_output = False
+        self.debug_output_dir = DEFAULT_DEBUG_DIR
+        self.config_path = None
+        self.profile = None
+        self.rules = []
+        self.files = []             # every policy file read, in order
+
+
+_SETTING_KEYS = {
+    # key: (validator, merge) -- merge is "list" (add up) or "value" (replace)
+    "runtime-path": ("_valid_nonempty_string", "value"),
+    "readonly-networking-mounts": ("_valid_bool", "value"),
+    "env": ("_valid_env_list", "list"),
+    "env-force": ("_valid_env_list", "list"),
+    "hook-config-path": ("_valid_path_list", "list"),
+    "hooks-dir": ("_valid_path_list", "list"),
+    "write-debug-output": ("_valid_bool", "value"),
+    "debug-output-dir": ("_valid_nonempty_string", "value"),
+}
+
+
+def load_policy(opts, argv0, with_hooks=True):
+    """Resolve flags, the config file and its profile into a Policy.
+
+    with_hooks=False skips reading hook files and directories, which only
+    an editing call needs.
+    """
+    policy = Policy()
+    settings = {}
+    rules = []
+    path, explicit = _config_file_to_read(opts)
+    if path is not None:
+        data = _load_config_file(path, explicit)
+        if data is not None:
+            policy.config_path = path
+            policy.files.append(path)
+            settings, rules = _read_config_data(data, path, opts.profile, argv0, policy)
+    elif opts.profile is not None:
+        raise ConfigError("--oi-profile %s: there is no config file" % _quote_for_message(opts.profile))
+
+    for flag in FLAGS:
+        if not flag.key:
+            continue
+        value = getattr(opts, flag.dest)
+        if flag.kind == "list":
+            if value:
+                settings[flag.key] = settings.get(flag.key, []) + value
+        elif value is not None:
+            settings[flag.key] = value
+
+    policy.runtime_path = settings.get("runtime-path", DEFAULT_RUNTIME)
+    policy.write_debug_output = settings.get("write-debug-output", False)
+    policy.debug_output_dir = settings.get("debug-output-dir", DEFAULT_DEBUG_DIR)
+
+    global_actions = {}
+    for key in ("env", "env-force", "readonly-networking-mounts"):
+        if settings.get(key):
+            global_actions[key] = settings[key]
+    if global_actions:
+        policy.rules.append(Rule("(global)", None, global_actions, "flags and config"))
+    if with_hooks:
+        for hook_file in settings.get("hook-config-path", []):
+            policy.rules.append(_load_hook_config_file(hook_file))
+            policy.files.append(hook_file)
+        for hook_file, rule in _load_hooks_dirs(settings.get("hooks-dir", [])):
+            policy.rules.append(rule)
+            policy.files.append(hook_file)
+    policy.rules.extend(rules)
+    return policy
+
+
+def _config_file_to_read(opts):
+    """(path, explicit): the --oi-config file, else the default if any."""
+    if opts.config is not None:
+        return opts.config, True
+    default = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG)
+    if not default:
+        return None, False
+    return default, False
+
+
+def _load_config_file(path, explicit):
+    """The parsed JSON of a policy file; None when the default file is absent."""
+    import errno
+    try:
+        raw, st = read_config(path, follow_symlinks=True)
+    except InterceptorError as exc:
+        if not explicit and getattr(exc, "errno", None) == errno.ENOENT:
+            return None
+        raise ConfigError("config %s" % _strip_prefix(str(exc), "cannot read %s: " % path, path))
+    _check_trusted(path, st, "config file")
+    try:
+        return parse_json(raw)
+    except ValueError as exc:
+        raise ConfigError("config %s: %s" % (path, exc))
+
+
+def _strip_prefix(message, prefix, path):
+    return path + ": " + message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _check_trusted(path, st, what):
+    """As root, refuse a policy file (or its directory) a non-root user can
+    write: it decides what runs as root in every container."""
+    if os.geteuid() != 0:
+        return
+    import stat
+    checks = [(path, st)]
+    directory = os.path.dirname(os.path.realpath(path)) or "/"
+    try:
+        checks.append((directory, os.stat(directory)))
+    except OSError:
+        pass
+    for name, info in checks:
+        writable_by_others = info.st_mode & 0o022 and not (
+            stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX and name != path)
+        if info.st_uid != 0 or writable_by_others:
+            raise ConfigError(
+                "%s %s: refusing it, %s is writable by a non-root user (owner uid %d, mode %04o)"
+                % (what, path, "it" if name == path else "its directory " + name,
+                   info.st_uid, stat.S_IMODE(info.st_mode)))
+
+
+def _read_config_data(data, path, profile_name, argv0, policy):
+    """Validate a config file's data; return (settings, rules)."""
+    def fail(where, problem):
+        raise ConfigError("config %s: %s%s" % (path, where + ": " if where else "", problem))
+
+    if not isinstance(data, dict):
+        fail("", "expected a JSON object")
+    allowed = set(_SETTING_KEYS) | {"version", "rules", "profiles"}
+    _no_unknown_keys(data, allowed, "", fail)
+    if data.get("version") != CONFIG_VERSION:
+        fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
+    settings = _read_settings(data, "", fail)
+    rules = _read_rules(data.get("rules", []), "rules", path, fail)
+
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict):
+        fail("profiles", "expected an object of named profiles")
+    for name, profile in profiles.items():
+        where = "profiles.%s" % name
+        if not isinstance(profile, dict):
+            fail(where, "expected an object")
+        _no_unknown_keys(profile, set(_SETTING_KEYS) | {"rules"}, where + ".", fail)
+    if profile_name is None:
+        invoked_as = os.path.basename(argv0 or "")
+        if invoked_as in profiles:
+            profile_name = invoked_as
+    elif profile_name not in profiles:
+        fail("profiles", "no profile named %s" % _quote_for_message(profile_name))
+    # Every profile is validated, used or not, so a typo shows at once.
+    chosen = None
+    for name, profile in profiles.items():
+        where = "profiles.%s" % name
+        profile_settings = _read_settings(profile, where + ".", fail)
+        profile_rules = _read_rules(profile.get("rules", []), where + ".rules", path, fail)
+        if name == profile_name:
+            chosen = (profile_settings, profile_rules)
+    if chosen is not None:
+        policy.profile = profile_name
+        for key, value in chosen[0].items():
+            if _SETTING_KEYS[key][1] == "list":
+                settings[key] = settings.get(key, []) + value
+            else:
+                settings[key] = value
+        rules = rules + chosen[1]
+    return settings, rules
+
+
+def _no_unknown_keys(data, allowed, prefix, fail):
+    for key in data:
+        if key not in allowed:
+            fail(prefix + key, "unknown key (allowed: %s)" % ", ".join(sorted(allowed)))
+
+
+def _read_settings(data, prefix, fail):
+    settings = {}
+    for key, (validator, _) in _SETTING_KEYS.items():
+        if key in data:
+            try:
+                settings[key] = globals()[validator](data[key])
+            except ValueError as exc:
+                fail(prefix + key + _subpath(exc), _message(exc))
+    return settings
+
+
+def _read_rules(data, where, path, fail):
+    if not isinstance(data, list):
+        fail(where, "expected a list of rules")
+    rules = []
+    names = set()
+    for index, item in enumerate(data):
+        here = "%s[%d]" % (where, index)
+        if not isinstance(item, dict):
+            fail(here, "expected an object")
+        allowed = {"name", "when"} | {a.key for a in ACTIONS}
+        _no_unknown_keys(item, allowed, here + ".", fail)
+        name = item.get("name", here)
+        if not isinstance(name, str) or not name:
+            fail(here + ".name", "expected a non-empty string")
+        if name in names:
+            fail(here + ".name", "a rule named %s exists already" % _quote_for_message(name))
+        names.add(name)
+        when = None
+        if "when" in item:
+            try:
+                when = parse_condition(item["when"], extended=True)
+            except ValueError as exc:
+                fail(here + ".when" + _subpath(exc), _message(exc))
+        actions = {}
+        for action in ACTIONS:
+            if action.key in item:
+                try:
+                    actions[action.key] = action.validate(item[action.key])
+                except ValueError as exc:
+                    fail(here + "." + action.key + _subpath(exc), _message(exc))
+        if not actions:
+            fail(here, "the rule has no action")
+        rules.append(Rule(name, when, actions, "%s %s" % (path, here)))
+    return rules
+
+
+class PathError(ValueError):
+    """A validation problem at a sub-path of the value being validated."""
+
+    def __init__(self, subpath, message):
+        ValueError.__init__(self, message)
+        self.subpath = subpath
+
+
+def _subpath(exc):
+    return getattr(exc, "subpath", "")
+
+
+def _message(exc):
+    return exc.args[0] if exc.args else str(exc)
+
+
+def _at(subpath, exc):
+    """Re-raise a nested validation error with its position prefixed."""
+    return PathError(subpath + _subpath(exc), _message(exc))
+
+
+def _valid_bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false, found %s" % _json_text(value))
+    return value
+
+
+def _valid_nonempty_string(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty string, found %s" % _json_text(value))
+    return value
+
+
+def _valid_string_list(value):
+    if not isinstance(value, list):
+        raise ValueError("expected a list of strings, found %s" % _json_text(value))
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PathError("[%d]" % index, "expected a string, found %s" % _json_text(item))
+    return value
+
+
+def _valid_path_list(value):
+    """A path or a list of paths."""
+    if isinstance(value, str):
+        value = [value]
+    _valid_string_list(value)
+    for index, item in enumerate(value):
+        if not item:
+            raise PathError("[%d]" % index, "expected a non-empty path")
+    return list(value)
+
+
+def _valid_env_list(value):
+    _valid_string_list(value)
+    for index, item in enumerate(value):
+        name, sep, _ = item.partition("=")
+        if not sep or not name:
+            raise PathError("[%d]" % index, "expected NAME=VALUE, found %s" % _json_text(item))
+    return value
+
+
+def _valid_name_list(value):
+    _valid_string_list(value)
+    for index, item in enumerate(value):
+        if not item or "=" in item:
+            raise PathError("[%d]" % index, "expected a variable name, found %s" % _json_text(item))
+    return value
+
+
+def _valid_destination_globs(value):
+    _valid_string_list(value)
+    for index, item in enumerate(value):
+        if not item.startswith("/"):
+            raise PathError("[%d]" % index, "expected an absolute path or glob, found %s"
+                            % _json_text(item))
+    return value
+
+
+HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer",
+               "poststart", "poststop")
+
+
+def _valid_hook(value):
+    """One OCI hook: {"path": ABSOLUTE, "args": [...], "env": [...], "timeout": N}."""
+    if not isinstance(value, dict):
+        raise ValueError("expected a hook object, found %s" % _json_text(value))
+    for key in value:
+        if key not in ("path", "args", "env", "timeout"):
+            raise PathError("." + key, "unknown key (allowed: args, env, path, timeout)")
+    path = value.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise PathError(".path", "expected an absolute path, found %s" % _json_text(path))
+    for key in ("args", "env"):
+        if key in value:
+            try:
+                _valid_string_list(value[key])
+            except ValueError as exc:
+                raise _at("." + key, exc)
+    if "timeout" in value:
+        timeout = value["timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0:
+            raise PathError(".timeout", "expected a whole number of seconds > 0, found %s"
+                            % _json_text(timeout))
+    return value
+
+
+def _valid_hooks(value):
+    """{STAGE: [HOOK, ...]} for the six OCI hook stages."""
+    if not isinstance(value, dict):
+        raise ValueError("expected an object of hook stages, found %s" % _json_text(value))
+    for stage, hooks in value.items():
+        if stage not in HOOK_STAGES:
+            raise PathError("." + stage, "unknown hook stage (stages: %s)" % ", ".join(HOOK_STAGES))
+        if not isinstance(hooks, list):
+            raise PathError("." + stage, "expected a list of hooks")
+        for index, hook in enumerate(hooks):
+            try:
+                _valid_hook(hook)
+            except ValueError as exc:
+                raise _at(".%s[%d]" % (stage, index), exc)
+    return value
+
+
+def _valid_mounts(value):
+    if not isinstance(value, list):
+        raise ValueError("expected a list of mounts, found %s" % _json_text(value))
+    for index, mount in enumerate(value):
+        where = "[%d]" % index
+        if not isinstance(mount, dict):
+            raise PathError(where, "expected a mount object")
+        destination = mount.get("destination")
+        if not isinstance(destination, str) or not destination.startswith("/"):
+            raise PathError(where + ".destination", "expected an absolute path, found %s"
+                            % _json_text(destination))
+        for key in ("type", "source"):
+            if key in mount and not isinstance(mount[key], str):
+                raise PathError(where + "." + key, "expected a string")
+        if "options" in mount:
+            try:
+                _valid_string_list(mount["options"])
+            except ValueError as exc:
+                raise _at(where + ".options", exc)
+    return value
+
+
+def _valid_annotations(value):
+    if not isinstance(value, dict):
+        raise ValueError("expected an object of annotations, found %s" % _json_text(value))
+    for key, item in value.items():
+        if item is not None and not isinstance(item, str):
+            raise PathError("." + key, "expected a string, or null to remove")
+    return value
+
+
+def _valid_merge_patch(value):
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON merge patch object (RFC 7386), found %s" % _json_text(value))
+    return value
+
+
+def _valid_json_patch(value):
+    if not isinstance(value, list):
+        raise ValueError("expected a JSON patch list (RFC 6902), found %s" % _json_text(value))
+    for index, op in enumerate(value):
+        where = "[%d]" % index
+        if not isinstance(op, dict):
+            raise PathError(where, "expected an operation object")
+        kind = op.get("op")
+        if kind not in ("add", "remove", "replace", "move", "copy", "test"):
+            raise PathError(where + ".op", "expected add, remove, replace, move, copy or test, "
+                            "found %s" % _json_text(kind))
+        members = ["path"] + (["from"] if kind in ("move", "copy") else [])
+        for member in members:
+            try:
+                parse_pointer(op.get(member))
+            except ValueError as exc:
+                raise PathError(where + "." + member, str(exc))
+        if kind in ("add", "replace", "test") and "value" not in op:
+            raise PathError(where, "%s needs a value" % kind)
+        if kind == "move" and (op["path"] + "/").startswith(op["from"] + "/") and op["path"] != op["from"]:
+            raise PathError(where, "cannot move a value into itself")
+    return value
+
+
+def _load_hook_config_file(path):
+    """An oci-add-hooks hook file: {"hooks": {STAGE: [HOOK, ...]}} (other keys
+    ignored, as oci-add-hooks does) -> a rule that prepends those hooks."""
+    raw, st = _read_policy_file(path, "hook config file")
+    try:
+        data = parse_json(raw)
+    except ValueError as exc:
+        raise ConfigError("hook config file %s: %s" % (path, exc))
+    if not isinstance(data, dict) or not isinstance(data.get("hooks"), dict):
+        raise ConfigError("hook config file %s: expected {\"hooks\": {STAGE: [HOOK, ...]}}" % path)
+    try:
+        hooks = _valid_hooks(data["hooks"])
+    except ValueError as exc:
+        raise ConfigError("hook config file %s: hooks%s: %s" % (path, _subpath(exc), _message(exc)))
+    return Rule("hook-config-path %s" % path, None, {"prepend-hooks": hooks}, path)
+
+
+def _read_policy_file(path, what):
+    try:
+        raw, st = read_config(path, follow_symlinks=True)
+    except InterceptorError as exc:
+        raise ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
+    _check_trusted(path, st, what)
+    return raw, st
+
+
+def _load_hooks_dirs(directories):
+    """OCI hooks 1.0.0 files of the directories, as Podman and CRI-O read
+    them: *.json only, a later directory masks a file of the same name,
+    hooks ordered by lower-cased file name. Yields (file, rule)."""
+    chosen = {}
+    for directory in directories:
+        try:
+            st = os.stat(directory)
+            names = os.listdir(directory)
+        except OSError as exc:
+            raise ConfigError("hooks dir %s: %s" % (directory, exc.strerror))
+        _check_trusted(directory, st, "hooks dir")
+        for name in names:
+            if name.endswith(".json"):
+                chosen[name] = os.path.join(directory, name)
+    for name in sorted(chosen, key=lambda n: (n.lower(), n)):
+        path = chosen[name]
+        yield path, _load_hook_file(path)
+
+
+def _load_hook_file(path):
+    raw, _ = _read_policy_file(path, "hook file")
+
+    def fail(where, problem):
+        raise ConfigError("hook file %s: %s%s" % (path, where + ": " if where else "", problem))
+
+    try:
+        data = parse_json(raw)
+    except ValueError as exc:
+        fail("", str(exc))
+    if not isinstance(data, dict):
+        fail("", "expected a JSON object")
+    _no_unknown_keys(data, {"version", "hook", "when", "stages"}, "", fail)
+    if data.get("version") != "1.0.0":
+        fail("version", "expected \"1.0.0\", found %s" % _json_text(data.get("version")))
+    try:
+        hook = _valid_hook(data.get("hook"))
+    except ValueError as exc:
+        fail("hook" + _subpath(exc), _message(exc))
+    if "when" not in data:
+        fail("when", "required")
+    try:
+        when = parse_condition(data["when"], extended=False)
+    except ValueError as exc:
+        fail("when" + _subpath(exc), _message(exc))
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages:
+        fail("stages", "expected a non-empty list of stages")
+    for index, stage in enumerate(stages):
+        if stage not in HOOK_STAGES:
+            fail("stages[%d]" % index, "unknown hook stage %s (stages: %s)"
+                 % (_json_text(stage), ", ".join(HOOK_STAGES)))
+    hooks = {}
+    for stage in stages:
+        hooks.setdefault(stage, [hook])
+    return Rule("hooks.d %s" % os.path.basename(path), when, {"hooks": hooks}, path)
+
+
+# ---------------------------------------------------------------------------
+# 3. Runtime call: which subcommand, which bundle, which log file
 # ---------------------------------------------------------------------------
 #
 # Global options of runc, crun and youki that take a value, in any of the
@@ -401,40 +988,245 @@ def find_runtime(path):
                            % (_quote_for_message(path), ", ".join(FALLBACK_RUNTIME_DIRS)))
 
 
+
+
 # ---------------------------------------------------------------------------
-# 3. Edits: small functions over the spec dict, run as a pipeline
+# 4. Conditions: when a rule applies
 # ---------------------------------------------------------------------------
 #
-# Each edit takes (spec, opts), changes the spec in place when its flag asks
-# for it, and returns a list of one-line descriptions of what it changed (an
-# empty list: nothing changed). Edits are idempotent: running the pipeline
-# twice changes nothing the second time. A spec of a shape that cannot take
-# the edit raises InterceptorError naming the key path.
+# The OCI hooks 1.0.0 `when` object, as Podman and CRI-O read it: every
+# property given must match (AND across kinds). Regular expressions search
+# (match anywhere, like Go's MatchString); anchor them with ^ and $.
+# Conditions are evaluated against the config as the engine wrote it, before
+# any rule edits it.
+
+CONDITION_HELP = (
+    ("always", "true: matches. false: never matches."),
+    ("annotations", "{KEY_REGEX: VALUE_REGEX, ...}: every pair matches some annotation."),
+    ("commands", "[REGEX, ...]: one matches process.args[0] (after a leading '/bin/sh -c', "
+                 "the command it runs)."),
+    ("hasBindMounts", "true: the container has a bind mount other than those every engine adds "
+                      "(/etc/hosts, /etc/hostname, /etc/resolv.conf, /dev/shm, /run/.containerenv, "
+                      "/run/secrets, /dev/termination-log). false: never matches, as in OCI hooks 1.0.0."),
+    ("hostname", "REGEX: matches the container's hostname (rules only, not hook files)."),
+    ("env", "{NAME: VALUE_REGEX, ...}: the container has every NAME with a matching value "
+            "(rules only)."),
+)
+
+_STANDARD_CONDITIONS = ("always", "annotations", "commands", "hasBindMounts")
+_EXTENDED_CONDITIONS = _STANDARD_CONDITIONS + ("hostname", "env")
+
+ENGINE_BIND_MOUNTS = frozenset((
+    "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm", "/run/.containerenv",
+    "/run/secrets", "/dev/termination-log",
+))
+
+
+class Condition(object):
+    def __init__(self):
+        self.always = None
+        self.annotations = []       # [(key regex, value regex)]
+        self.commands = []          # [regex]
+        self.has_bind_mounts = None
+        self.hostname = None        # regex
+        self.env = []               # [(name, value regex)]
+
+
+def _compile(pattern, where):
+    import re
+    if not isinstance(pattern, str):
+        raise PathError(where, "expected a regular expression string, found %s" % _json_text(pattern))
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise PathError(where, "bad regex %s: %s" % (_json_text(pattern), exc))
+
+
+def parse_condition(data, extended):
+    """A `when` object -> Condition, or ValueError/PathError saying what is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("expected an object of conditions, found %s" % _json_text(data))
+    allowed = _EXTENDED_CONDITIONS if extended else _STANDARD_CONDITIONS
+    for key in data:
+        if key not in allowed:
+            raise PathError("." + key, "unknown condition (conditions: %s)" % ", ".join(allowed))
+    if not data:
+        raise ValueError("at least one condition is needed (conditions: %s)" % ", ".join(allowed))
+    cond = Condition()
+    for key in ("always", "hasBindMounts"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise PathError("." + key, "expected true or false, found %s" % _json_text(data[key]))
+    cond.always = data.get("always")
+    cond.has_bind_mounts = data.get("hasBindMounts")
+    for key, target in (("annotations", cond.annotations), ("env", cond.env)):
+        if key not in data:
+            continue
+        if not isinstance(data[key], dict) or not data[key]:
+            raise PathError("." + key, "expected a non-empty object of regular expressions")
+        for name, value in data[key].items():
+            left = name if key == "env" else _compile(name, ".%s[%s]" % (key, _json_text(name)))
+            target.append((left, _compile(value, ".%s.%s" % (key, name))))
+    if "commands" in data:
+        commands = data["commands"]
+        if not isinstance(commands, list) or not commands:
+            raise PathError(".commands", "expected a non-empty list of regular expressions")
+        cond.commands = [_compile(p, ".commands[%d]" % i) for i, p in enumerate(commands)]
+    if "hostname" in data:
+        cond.hostname = _compile(data["hostname"], ".hostname")
+    return cond
+
+
+def condition_matches(cond, spec):
+    if cond is None:
+        return True
+    if cond.always is False:
+        return False
+    if cond.has_bind_mounts is not None and not (cond.has_bind_mounts and has_bind_mounts(spec)):
+        return False
+    if cond.annotations:
+        annotations = spec.get("annotations")
+        items = list(annotations.items()) if isinstance(annotations, dict) else []
+        for key_re, value_re in cond.annotations:
+            if not any(isinstance(v, str) and key_re.search(k) and value_re.search(v)
+                       for k, v in items):
+                return False
+    if cond.commands:
+        command = container_command(spec)
+        if command is None or not any(p.search(command) for p in cond.commands):
+            return False
+    if cond.hostname is not None:
+        hostname = spec.get("hostname")
+        if not isinstance(hostname, str) or not cond.hostname.search(hostname):
+            return False
+    if cond.env:
+        env = _env_values(spec)
+        for name, value_re in cond.env:
+            if name not in env or not value_re.search(env[name]):
+                return False
+    return True
+
+
+def container_command(spec):
+    """process.args[0]; for `/bin/sh -c CMD ...`, the first word of CMD."""
+    process = spec.get("process")
+    args = process.get("args") if isinstance(process, dict) else None
+    if not isinstance(args, list) or not args or not isinstance(args[0], str):
+        return None
+    if (len(args) >= 3 and args[0] in ("/bin/sh", "sh", "/bin/bash", "bash") and args[1] == "-c"
+            and isinstance(args[2], str) and args[2].split()):
+        return args[2].split()[0]
+    return args[0]
+
+
+def has_bind_mounts(spec):
+    mounts = spec.get("mounts")
+    for mount in mounts if isinstance(mounts, list) else []:
+        if not isinstance(mount, dict):
+            continue
+        options = mount.get("options") if isinstance(mount.get("options"), list) else []
+        is_bind = mount.get("type") == "bind" or "bind" in options or "rbind" in options
+        destination = mount.get("destination")
+        if is_bind and isinstance(destination, str) and _clean_path(destination) not in ENGINE_BIND_MOUNTS:
+            return True
+    return False
+
+
+def _env_values(spec):
+    """{NAME: VALUE} of the container's environment; the first entry wins."""
+    process = spec.get("process")
+    env = process.get("env") if isinstance(process, dict) else None
+    values = {}
+    for entry in env if isinstance(env, list) else []:
+        if isinstance(entry, str):
+            name, _, value = entry.partition("=")
+            values.setdefault(name, value)
+    return values
+
+
+# ---------------------------------------------------------------------------
+# 5. Edits: small functions over the spec dict, run as a pipeline
+# ---------------------------------------------------------------------------
+#
+# Each edit takes (spec, value) -- value is what the rule asked for -- changes
+# the spec in place, and returns a list of one-line descriptions of what it
+# changed (empty: nothing). Edits are idempotent: running a rule twice changes
+# nothing the second time (a json-patch "add" to a list end excepted: guard it
+# with a "test"). A spec of a shape that cannot take the edit raises
+# InterceptorError naming the key path.
 
 NETWORKING_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 
 
-def edit_readonly_networking_mounts(spec, opts):
-    """Mounts at /etc/hosts, /etc/hostname, /etc/resolv.conf become read-only."""
-    if not opts.readonly_networking_mounts:
-        return []
+def edit_remove_mounts(spec, globs):
+    """Remove the mounts whose destination matches one of the globs."""
+    mounts = _get_list(spec, "mounts")
     changes = []
-    for index, mount in enumerate(_get_list(spec, "mounts")):
-        where = "mounts[%d]" % index
-        if not isinstance(mount, dict):
-            raise InterceptorError("%s is not an object" % where)
-        destination = mount.get("destination")
-        if not isinstance(destination, str) or _clean_path(destination) not in NETWORKING_FILES:
+    for index in reversed(range(len(mounts))):
+        destination = _mount_destination(mounts, index)
+        if any(_glob_match(destination, g) for g in globs):
+            del mounts[index]
+            changes.append("mounts[%d] (%s): removed" % (index, destination))
+    return changes[::-1]
+
+
+def edit_add_mounts(spec, new_mounts):
+    """Add mounts. A mount already at the same destination is replaced (in
+    its place); a new one goes before the first mount nested under it, else
+    at the end, so a parent is always mounted before its children."""
+    if "mounts" not in spec or spec["mounts"] is None:
+        spec["mounts"] = []
+    mounts = _get_list(spec, "mounts")
+    changes = []
+    for new in new_mounts:
+        destination = _clean_path(new["destination"])
+        same = [i for i in range(len(mounts)) if _mount_destination(mounts, i) == destination]
+        if len(same) == 1 and json_equal(mounts[same[0]], new):
             continue
+        position = same[0] if same else None
+        for index in reversed(same):
+            del mounts[index]
+        for index in range(len(mounts)):
+            if _is_under(_mount_destination(mounts, index), destination):
+                if position is None or index < position:
+                    position = index
+                break
+        if position is None:
+            position = len(mounts)
+        mounts.insert(position, _copy_json(new))
+        changes.append("mounts[%d] (%s): %s" % (position, destination, "replaced" if same else "added"))
+    return changes
+
+
+def edit_readonly_networking_mounts(spec, enabled):
+    """Mounts at /etc/hosts, /etc/hostname, /etc/resolv.conf become read-only."""
+    if not enabled:
+        return []
+    return _make_mounts_readonly(spec, lambda destination: destination in NETWORKING_FILES)
+
+
+def edit_readonly_mounts(spec, globs):
+    """Mounts whose destination matches one of the globs become read-only."""
+    return _make_mounts_readonly(spec, lambda destination: any(_glob_match(destination, g) for g in globs))
+
+
+def _make_mounts_readonly(spec, wanted):
+    changes = []
+    mounts = _get_list(spec, "mounts")
+    for index in range(len(mounts)):
+        destination = _mount_destination(mounts, index)
+        if not wanted(destination):
+            continue
+        mount = mounts[index]
         options = mount.get("options")
         if options is not None and not (
                 isinstance(options, list) and all(isinstance(o, str) for o in options)):
-            raise InterceptorError("%s.options is not a list of strings" % where)
+            raise InterceptorError("mounts[%d].options is not a list of strings" % index)
         new_options = make_readonly(options or [])
         if new_options != options:
             mount["options"] = new_options
-            changes.append("%s (%s): options %s -> %s"
-                           % (where, destination, "(none)" if options is None else options, new_options))
+            changes.append("mounts[%d] (%s): options %s -> %s"
+                           % (index, destination, "(none)" if options is None else options, new_options))
     return changes
 
 
@@ -452,31 +1244,38 @@ def make_readonly(options):
     return result
 
 
-def edit_env_defaults(spec, opts):
-    """--oi-env: set NAME=VALUE unless the container already has NAME."""
-    return _set_env(spec, opts.env_defaults, force=False)
+def edit_env_defaults(spec, assignments):
+    """env / --oi-env: set NAME=VALUE unless the container already has NAME."""
+    return _set_env(spec, assignments, force=False)
 
 
-def edit_env_force(spec, opts):
-    """--oi-env-force: set NAME=VALUE whatever the container had."""
-    return _set_env(spec, opts.env_force, force=True)
+def edit_env_force(spec, assignments):
+    """env-force / --oi-env-force: set NAME=VALUE whatever the container had."""
+    return _set_env(spec, assignments, force=True)
+
+
+def edit_env_unset(spec, names):
+    """env-unset: remove every entry of each NAME."""
+    env = _process_env(spec, create=False)
+    changes = []
+    if env is None:
+        return changes
+    for name in names:
+        while True:
+            index = _find_env(env, name)
+            if index is None:
+                break
+            del env[index]
+            changes.append("process.env[%d]: removed %s" % (index, name))
+    return changes
 
 
 def _set_env(spec, assignments, force):
     if not assignments:
         return []
-    process = spec.get("process")
-    if process is None:
-        # No process: nothing will run from this config, so there is no
-        # environment to give it (runc refuses such a config at start).
-        return []
-    if not isinstance(process, dict):
-        raise InterceptorError("process is not an object")
-    env = process.get("env")
+    env = _process_env(spec, create=True)
     if env is None:
-        env = process["env"] = []
-    if not isinstance(env, list):
-        raise InterceptorError("process.env is not a list")
+        return []
     changes = []
     for assignment in assignments:
         name = assignment.partition("=")[0]
@@ -490,6 +1289,24 @@ def _set_env(spec, assignments, force):
     return changes
 
 
+def _process_env(spec, create):
+    process = spec.get("process")
+    if process is None:
+        # No process: nothing will run from this config, so there is no
+        # environment to give it (runc refuses such a config at start).
+        return None
+    if not isinstance(process, dict):
+        raise InterceptorError("process is not an object")
+    env = process.get("env")
+    if env is None:
+        if not create:
+            return None
+        env = process["env"] = []
+    if not isinstance(env, list):
+        raise InterceptorError("process.env is not a list")
+    return env
+
+
 def _find_env(env, name):
     """Index of the first NAME= (or bare NAME) entry, or None."""
     for index, entry in enumerate(env):
@@ -500,21 +1317,173 @@ def _find_env(env, name):
     return None
 
 
-# The pipeline, in order. Defaults are applied before forced values.
-EDITS = (
-    edit_readonly_networking_mounts,
-    edit_env_defaults,
-    edit_env_force,
+def edit_hooks(spec, hooks):
+    """Append hooks to their stages; a hook already there is not added again."""
+    return _add_hooks(spec, hooks, prepend=False)
+
+
+def edit_prepend_hooks(spec, hooks):
+    """Put hooks first in their stages (as oci-add-hooks does); a hook
+    already there is not added again."""
+    return _add_hooks(spec, hooks, prepend=True)
+
+
+def _add_hooks(spec, hooks, prepend):
+    if "hooks" not in spec or spec["hooks"] is None:
+        spec["hooks"] = {}
+    all_hooks = spec["hooks"]
+    if not isinstance(all_hooks, dict):
+        raise InterceptorError("hooks is not an object")
+    changes = []
+    for stage in HOOK_STAGES:
+        wanted = hooks.get(stage)
+        if not wanted:
+            continue
+        present = all_hooks.get(stage)
+        if present is None:
+            present = all_hooks[stage] = []
+        if not isinstance(present, list):
+            raise InterceptorError("hooks.%s is not a list" % stage)
+        new = []
+        for hook in wanted:
+            if not any(json_equal(hook, old) for old in present + new):
+                new.append(_copy_json(hook))
+        if new:
+            if prepend:
+                present[0:0] = new
+            else:
+                present.extend(new)
+            for hook in new:
+                changes.append("hooks.%s: %s %s" % (stage, "prepended" if prepend else "added", hook["path"]))
+    return changes
+
+
+def edit_annotations(spec, annotations):
+    """Set annotations; a null value removes one."""
+    current = spec.get("annotations")
+    if current is None:
+        if all(value is None for value in annotations.values()):
+            return []
+        current = spec["annotations"] = {}
+    if not isinstance(current, dict):
+        raise InterceptorError("annotations is not an object")
+    changes = []
+    for key, value in annotations.items():
+        if value is None:
+            if key in current:
+                del current[key]
+                changes.append("annotations: removed %s" % key)
+        elif current.get(key) != value:
+            current[key] = value
+            changes.append("annotations: set %s" % key)
+    return changes
+
+
+def edit_merge_patch(spec, patch):
+    """RFC 7386 JSON merge patch over the whole config."""
+    changes = []
+    _merge_into(spec, patch, "", changes)
+    return changes
+
+
+def _merge_into(target, patch, where, changes):
+    for key, value in patch.items():
+        path = where + "/" + _escape_pointer_token(key)
+        if value is None:
+            if key in target:
+                del target[key]
+                changes.append("merge-patch: removed %s" % path)
+        elif isinstance(value, dict):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+                changes.append("merge-patch: set %s" % path)
+            _merge_into(target[key], value, path, changes)
+        elif key not in target or not json_equal(target[key], value):
+            target[key] = _copy_json(value)
+            changes.append("merge-patch: set %s" % path)
+
+
+def edit_json_patch(spec, operations):
+    """RFC 6902 JSON patch: all operations apply, or none (a failed "test"
+    or a missing path refuses the container)."""
+    document = _copy_json(spec)
+    for index, op in enumerate(operations):
+        try:
+            document = apply_patch_operation(document, op)
+        except ValueError as exc:
+            raise InterceptorError("json-patch[%d] (%s %s): %s" % (index, op["op"], op["path"], exc))
+    if not isinstance(document, dict):
+        raise InterceptorError("json-patch: the result is not a JSON object")
+    if json_equal(document, spec):
+        return []
+    spec.clear()
+    spec.update(document)
+    return ["json-patch: %s %s" % (op["op"], op["path"]) for op in operations if op["op"] != "test"]
+
+
+class Action(object):
+    """A key a rule may have: how its value is checked, which edit applies it."""
+
+    def __init__(self, key, validate, edit, help):
+        self.key = key
+        self.validate = validate
+        self.edit = edit
+        self.help = help
+
+
+# The pipeline: within a rule, actions apply in this order.
+ACTIONS = (
+    Action("remove-mounts", _valid_destination_globs, edit_remove_mounts,
+           "[GLOB, ...]: remove the mounts whose destination matches."),
+    Action("add-mounts", _valid_mounts, edit_add_mounts,
+           "[MOUNT, ...]: OCI mount objects. One at the same destination is replaced; "
+           "parents stay before children."),
+    Action("readonly-networking-mounts", _valid_bool, edit_readonly_networking_mounts,
+           "true: as --oi-readonly-networking-mounts."),
+    Action("readonly-mounts", _valid_destination_globs, edit_readonly_mounts,
+           "[GLOB, ...]: mounts whose destination matches become read-only."),
+    Action("env", _valid_env_list, edit_env_defaults,
+           "[NAME=VALUE, ...]: set unless the container has NAME."),
+    Action("env-force", _valid_env_list, edit_env_force,
+           "[NAME=VALUE, ...]: set whatever the container had."),
+    Action("env-unset", _valid_name_list, edit_env_unset,
+           "[NAME, ...]: remove these variables."),
+    Action("prepend-hooks", _valid_hooks, edit_prepend_hooks,
+           "{STAGE: [HOOK, ...]}: put hooks first in their stage (prestart, createRuntime, "
+           "createContainer, startContainer, poststart, poststop)."),
+    Action("hooks", _valid_hooks, edit_hooks,
+           "{STAGE: [HOOK, ...]}: add hooks at the end of their stage. A hook already "
+           "present is never added twice."),
+    Action("annotations", _valid_annotations, edit_annotations,
+           "{KEY: VALUE, ...}: set annotations; null removes one."),
+    Action("merge-patch", _valid_merge_patch, edit_merge_patch,
+           "{...}: an RFC 7386 JSON merge patch of the whole config."),
+    Action("json-patch", _valid_json_patch, edit_json_patch,
+           "[OP, ...]: an RFC 6902 JSON patch of the whole config; a failed \"test\" "
+           "refuses the container."),
 )
+_ACTIONS_BY_KEY = {action.key: action for action in ACTIONS}
 
 
-def apply_edits(spec, opts):
-    """Run every edit over spec; return the list of changes (empty: none)."""
+def matching_rules(spec, policy):
+    """The rules whose condition matches the config as the engine wrote it."""
+    return [rule for rule in policy.rules if condition_matches(rule.when, spec)]
+
+
+def apply_rules(spec, rules):
+    """Apply each rule's actions in pipeline order; return the changes, each
+    prefixed with the rule's name."""
     if not isinstance(spec, dict):
         raise InterceptorError("the config is not a JSON object")
     changes = []
-    for edit in EDITS:
-        changes.extend(edit(spec, opts))
+    for rule in rules:
+        for action in ACTIONS:
+            if action.key in rule.actions:
+                try:
+                    done = action.edit(spec, rule.actions[action.key])
+                except InterceptorError as exc:
+                    raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
+                changes.extend("%s: %s" % (rule.name, change) for change in done)
     return changes
 
 
@@ -527,17 +1496,34 @@ def _get_list(spec, key):
     return value
 
 
+def _mount_destination(mounts, index):
+    mount = mounts[index]
+    if not isinstance(mount, dict):
+        raise InterceptorError("mounts[%d] is not an object" % index)
+    destination = mount.get("destination")
+    return _clean_path(destination) if isinstance(destination, str) else None
+
+
 def _clean_path(path):
     """'/etc//hosts/' -> '/etc/hosts', as runtimes clean a destination."""
     import posixpath
     return posixpath.normpath("/" + path.lstrip("/")) if path else path
 
 
+def _is_under(path, parent):
+    return path is not None and path != parent and (parent == "/" or path.startswith(parent + "/"))
+
+
+def _glob_match(destination, pattern):
+    import fnmatch
+    return destination is not None and fnmatch.fnmatchcase(destination, _clean_path(pattern))
+
+
 # ---------------------------------------------------------------------------
-# 4. Bundle I/O: parse and serialize raw JSON, write atomically
+# 6. JSON: raw parsing and writing, equality, pointers
 # ---------------------------------------------------------------------------
 #
-# The config is parsed into plain dicts and lists, which keep key order.
+# A config is parsed into plain dicts and lists, which keep key order.
 # Floats are kept as the text they were written as (RawNumber), integers of
 # any size are exact, strings keep their characters. Duplicate keys, NaN and
 # Infinity are refused: Go's JSON reader, which runc uses, would read them
@@ -581,21 +1567,26 @@ def _refuse_constant(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
-def parse_config(raw, path):
-    """Bytes of a config.json -> dict, or InterceptorError naming the problem."""
+def parse_json(raw):
+    """Bytes -> a JSON value, or ValueError with a one-line reason."""
     import json
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InterceptorError("cannot parse %s: invalid UTF-8 at byte %d" % (path, exc.start))
+        raise ValueError("invalid UTF-8 at byte %d" % exc.start)
     try:
-        spec = json.loads(text, object_pairs_hook=_object_without_duplicates,
+        return json.loads(text, object_pairs_hook=_object_without_duplicates,
                           parse_float=RawNumber, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise InterceptorError("cannot parse %s: %s: line %d column %d"
-                               % (path, exc.msg, exc.lineno, exc.colno))
+        raise ValueError("%s: line %d column %d" % (exc.msg, exc.lineno, exc.colno))
     except RecursionError:
-        raise InterceptorError("cannot parse %s: nested too deeply" % path)
+        raise ValueError("nested too deeply")
+
+
+def parse_config(raw, path):
+    """Bytes of a config.json -> dict, or InterceptorError naming the problem."""
+    try:
+        spec = parse_json(raw)
     except ValueError as exc:
         raise InterceptorError("cannot parse %s: %s" % (path, exc))
     if not isinstance(spec, dict):
@@ -694,25 +1685,194 @@ def _encode_container(items, open_, close, out, layout, level, encode_string, is
     out.append(close)
 
 
-def read_config(path):
-    """Read a config file: (raw bytes, os.stat_result).
+def _json_text(value):
+    """A JSON value shown in a message, shortened."""
+    try:
+        text = serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
+    except InterceptorError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
-    Refuses a symlink (we would replace the link, not its target) and anything
-    that is not a regular file (a FIFO would block the runtime forever).
+
+def _number(value):
+    from decimal import Decimal
+    return Decimal(value.text) if isinstance(value, RawNumber) else value
+
+
+def json_equal(a, b):
+    """Equality as JSON means it: true is not 1, 1 equals 1.0, order of
+    object members does not matter, order of array items does."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    numbers = (int, float, RawNumber)
+    if isinstance(a, numbers) and isinstance(b, numbers):
+        return _number(a) == _number(b)
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return len(a) == len(b) and all(k in b and json_equal(v, b[k]) for k, v in a.items())
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    return False
+
+
+def _copy_json(value):
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+def parse_pointer(pointer):
+    """An RFC 6901 JSON pointer -> list of reference tokens."""
+    if not isinstance(pointer, str):
+        raise ValueError("expected a JSON pointer string, found %s" % _json_text(pointer))
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise ValueError("a JSON pointer starts with '/': %s" % _json_text(pointer))
+    tokens = pointer[1:].split("/")
+    for token in tokens:
+        if "~" in token.replace("~0", "").replace("~1", ""):
+            raise ValueError("bad escape in JSON pointer %s" % _json_text(pointer))
+    return [t.replace("~1", "/").replace("~0", "~") for t in tokens]
+
+
+def _escape_pointer_token(token):
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _list_index(token, length, allow_end):
+    if allow_end and token == "-":
+        return length
+    if not token or any(c not in "0123456789" for c in token) or (token != "0" and token[0] == "0"):
+        raise ValueError("%s is not an array index" % _json_text(token))
+    index = int(token)
+    if index > length or (index == length and not allow_end):
+        raise ValueError("array index %d is out of range" % index)
+    return index
+
+
+def _resolve_parent(document, tokens):
+    """The container holding the last token, walking the ones before it."""
+    node = document
+    for token in tokens[:-1]:
+        if isinstance(node, dict):
+            if token not in node:
+                raise ValueError("no member %s" % _json_text(token))
+            node = node[token]
+        elif isinstance(node, list):
+            node = node[_list_index(token, len(node), False)]
+        else:
+            raise ValueError("cannot descend into %s" % _json_text(node))
+    return node
+
+
+def pointer_get(document, pointer):
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return document
+    parent = _resolve_parent(document, tokens)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise ValueError("no member %s" % _json_text(last))
+        return parent[last]
+    if isinstance(parent, list):
+        return parent[_list_index(last, len(parent), False)]
+    raise ValueError("cannot descend into %s" % _json_text(parent))
+
+
+def apply_patch_operation(document, op):
+    """One RFC 6902 operation; returns the (possibly new) document."""
+    kind = op["op"]
+    if kind == "test":
+        if not json_equal(pointer_get(document, op["path"]), op["value"]):
+            raise ValueError("test failed")
+        return document
+    if kind == "copy":
+        return _patch_add(document, op["path"], _copy_json(pointer_get(document, op["from"])))
+    if kind == "move":
+        if op["from"] == op["path"]:
+            pointer_get(document, op["from"])
+            return document
+        value = pointer_get(document, op["from"])
+        document = _patch_remove(document, op["from"])
+        return _patch_add(document, op["path"], value)
+    if kind == "remove":
+        return _patch_remove(document, op["path"])
+    if kind == "replace":
+        document = _patch_remove(document, op["path"]) if op["path"] else None
+        return _patch_add(document, op["path"], _copy_json(op["value"]))
+    return _patch_add(document, op["path"], _copy_json(op["value"]))
+
+
+def _patch_add(document, pointer, value):
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return value
+    parent = _resolve_parent(document, tokens)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list):
+        parent.insert(_list_index(last, len(parent), True), value)
+    else:
+        raise ValueError("cannot add to %s" % _json_text(parent))
+    return document
+
+
+def _patch_remove(document, pointer):
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        raise ValueError("cannot remove the whole document")
+    parent = _resolve_parent(document, tokens)
+    last = tokens[-1]
+    if isinstance(parent, dict):
+        if last not in parent:
+            raise ValueError("no member %s" % _json_text(last))
+        del parent[last]
+    elif isinstance(parent, list):
+        del parent[_list_index(last, len(parent), False)]
+    else:
+        raise ValueError("cannot remove from %s" % _json_text(parent))
+    return document
+
+
+# ---------------------------------------------------------------------------
+# 7. Bundle I/O: read, edit, write atomically
+# ---------------------------------------------------------------------------
+
+
+class ReadError(InterceptorError):
+    def __init__(self, message, errno=None):
+        InterceptorError.__init__(self, message)
+        self.errno = errno
+
+
+def read_config(path, follow_symlinks=False):
+    """Read a file: (raw bytes, os.stat_result).
+
+    A bundle's config.json that is a symlink is refused (we would replace the
+    link, not its target); anything that is not a regular file is refused
+    too (a FIFO would block forever).
     """
     import errno
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    import stat
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise InterceptorError("cannot read %s: it is a symlink; refusing to edit through it" % path)
-        raise InterceptorError("cannot read %s: %s" % (path, exc.strerror))
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise ReadError("cannot read %s: it is a symlink; refusing to edit through it" % path)
+        raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
     try:
         st = os.fstat(fd)
-        import stat
         if not stat.S_ISREG(st.st_mode):
-            raise InterceptorError("cannot read %s: not a regular file" % path)
+            raise ReadError("cannot read %s: not a regular file" % path)
         chunks = []
         while True:
             chunk = os.read(fd, 1 << 20)
@@ -721,7 +1881,7 @@ def read_config(path):
             chunks.append(chunk)
         return b"".join(chunks), st
     except OSError as exc:
-        raise InterceptorError("cannot read %s: %s" % (path, exc.strerror))
+        raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
     finally:
         os.close(fd)
 
@@ -804,30 +1964,52 @@ def _process_exists(pid):
     return True
 
 
-def edit_bundle(call, opts):
-    """Read the call's config, run the edits, write it back if changed.
-    Returns the list of changes."""
+class EditResult(object):
+    def __init__(self, path, raw, spec, rules, changes, new_raw, parsed):
+        self.path = path
+        self.raw = raw              # the config as read
+        self.spec = spec            # after the edits
+        self.rules = rules          # the rules that matched
+        self.changes = changes
+        self.new_raw = new_raw      # what is (or would be) written; None: unchanged
+        self.parsed = parsed        # PRETTY form before edits
+
+
+def plan_edit(call, policy):
+    """Read the call's config and apply the matching rules in memory."""
     path = call.config_path
     raw, st = read_config(path)
     spec = parse_config(raw, path)
-    parsed = serialize_config(spec, PRETTY) if opts.write_debug_output else None
-    changes = apply_edits(spec, opts)
-    modified = None
+    parsed = serialize_config(spec, PRETTY)
+    rules = matching_rules(spec, policy)
+    changes = apply_rules(spec, rules)
+    new_raw = None
     if changes:
-        modified = serialize_config(spec, Layout.of(raw))
-        if modified != raw:
-            write_atomically(path, modified, st)
-    if opts.write_debug_output:
-        name = debug_file_stem(spec.get("hostname"), call.container_id)
-        files = [(name + "_original.json", raw), (name + "_parsed.json", parsed)]
-        if changes:
-            files.append((name + "_modified.json", serialize_config(spec, PRETTY)))
-        write_debug_files(opts.debug_output_dir, files)
-    return changes
+        new_raw = serialize_config(spec, Layout.of(raw))
+        if new_raw == raw:
+            new_raw = None
+    result = EditResult(path, raw, spec, rules, changes, new_raw, parsed)
+    result.stat = st
+    return result
+
+
+def edit_bundle(call, policy):
+    """Edit the call's config in place (only when something changed), and
+    keep debug copies if asked. Returns the EditResult."""
+    result = plan_edit(call, policy)
+    if result.new_raw is not None:
+        write_atomically(result.path, result.new_raw, result.stat)
+    if policy.write_debug_output:
+        name = debug_file_stem(result.spec.get("hostname"), call.container_id)
+        files = [(name + "_original.json", result.raw), (name + "_parsed.json", result.parsed)]
+        if result.changes:
+            files.append((name + "_modified.json", serialize_config(result.spec, PRETTY)))
+        write_debug_files(policy.debug_output_dir, files)
+    return result
 
 
 # ---------------------------------------------------------------------------
-# 5. Reporting: errors to stderr and the runtime's --log; debug output
+# 8. Reporting: errors to stderr and the runtime's --log; debug output
 # ---------------------------------------------------------------------------
 
 
@@ -1010,8 +2192,9 @@ def _is_utf8(raw):
         return False
 
 
+
 # ---------------------------------------------------------------------------
-# 6. Exec and main
+# 9. Exec and main: dry run, config check, exec
 # ---------------------------------------------------------------------------
 
 
@@ -1038,11 +2221,55 @@ def exec_runtime(runtime, runtime_args):
         raise InterceptorError("cannot execute runtime %s: %s" % (runtime, exc.strerror))
 
 
+def check_config_report(policy, argv0):
+    """The --oi-check-config summary."""
+    lines = ["%s %s: configuration is valid" % (PROG, __version__)]
+    lines.append("config file: %s" % (policy.config_path or "(none)"))
+    lines.append("profile: %s" % (policy.profile or "(none)"))
+    try:
+        runtime = find_runtime(policy.runtime_path)
+    except InterceptorError as exc:
+        runtime = "NOT FOUND (%s)" % exc
+    lines.append("runtime: %s -> %s" % (policy.runtime_path, runtime))
+    lines.append("debug output: %s" % (policy.debug_output_dir if policy.write_debug_output else "off"))
+    lines.append("rules: %d" % len(policy.rules))
+    for rule in policy.rules:
+        lines.append("  %s: when %s; %s" % (rule.name, "always" if rule.when is None else "conditions",
+                                             ", ".join(a.key for a in ACTIONS if a.key in rule.actions)))
+    for path in policy.files[1 if policy.config_path else 0:]:
+        lines.append("hook file: %s" % path)
+    return "\n".join(lines) + "\n"
+
+
+def dry_run_report(call, policy, runtime, runtime_args):
+    """The --oi-dry-run report: what this call would do."""
+    lines = ["%s dry run: nothing is written or executed" % PROG]
+    if call.edits_config:
+        result = plan_edit(call, policy)
+        lines.append("config: %s" % result.path)
+        lines.append("rules matched: %s" % (", ".join(r.name for r in result.rules) or "(none)"))
+        for change in result.changes:
+            lines.append("  " + change)
+        if result.new_raw is None:
+            lines.append("config.json would not change")
+        else:
+            import difflib
+            before = result.parsed.decode("utf-8", "replace").splitlines()
+            after = serialize_config(result.spec, PRETTY).decode("utf-8", "replace").splitlines()
+            lines.extend(difflib.unified_diff(before, after, result.path, result.path + " (edited)",
+                                              lineterm=""))
+    else:
+        lines.append("%s does not edit the config" % (call.command or "this call"))
+    lines.append("would exec: %s" % " ".join(shell_quote(a) for a in [runtime] + runtime_args))
+    return "\n".join(lines) + "\n"
+
+
 def run(argv0, args):
     """Handle one call. Returns an exit status only when the runtime is not
-    executed (help, version, errors)."""
+    executed (help, version, check, dry run, errors)."""
     call = None
     try:
+        args = adapt_drop_in(argv0, args)
         try:
             opts, runtime_args = split_command_line(args)
         except UsageError as exc:
@@ -1055,11 +2282,19 @@ def run(argv0, args):
             sys.stdout.write("%s %s\n" % (PROG, __version__))
             return 0
         call = parse_runtime_call(runtime_args)
-        runtime = find_runtime(opts.runtime_path)
+        editing = call.edits_config or opts.dry_run or opts.action == "check-config"
+        policy = load_policy(opts, argv0, with_hooks=editing)
+        if opts.action == "check-config":
+            sys.stdout.write(check_config_report(policy, argv0))
+            return 0
+        runtime = find_runtime(policy.runtime_path)
+        if opts.dry_run:
+            sys.stdout.write(dry_run_report(call, policy, runtime, runtime_args))
+            return 0
         if call.edits_config:
-            edit_bundle(call, opts)
-        if opts.write_debug_output:
-            log_runtime_call(opts.debug_output_dir, [runtime] + runtime_args)
+            edit_bundle(call, policy)
+        if policy.write_debug_output:
+            log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
         exec_runtime(runtime, runtime_args)
         return EXIT_FAILURE  # not reached
     except InterceptorError as exc:

@@ -137,22 +137,26 @@ def make_call(bundle):
     return oi.parse_runtime_call(["create", "--bundle", str(bundle), "cid"])
 
 
+def policy_of(*flags):
+    opts, _ = oi.split_command_line(list(flags))
+    return oi.load_policy(opts, "oci-interceptor")
+
+
 def test_edit_bundle_writes_only_when_something_changed(tmp_path):
     path = tmp_path / "config.json"
     path.write_bytes(GO_COMPACT_STYLE)
     before = os.stat(str(path))
-    opts = oi.Options()
-    opts.env_defaults = ["PATH=/other"]          # already set: no change
-    assert oi.edit_bundle(make_call(tmp_path), opts) == []
+    policy = policy_of("--oi-env", "PATH=/other")          # already set: no change
+    assert oi.edit_bundle(make_call(tmp_path), policy).changes == []
     after = os.stat(str(path))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
-    opts.env_force = ["PATH=/other"]
-    assert oi.edit_bundle(make_call(tmp_path), opts) == ["process.env[0]: replaced PATH"]
+    policy = policy_of("--oi-env", "PATH=/other", "--oi-env-force", "PATH=/other")
+    assert oi.edit_bundle(make_call(tmp_path), policy).changes == ["(global): process.env[0]: replaced PATH"]
     assert path.read_bytes() == GO_COMPACT_STYLE.replace(b"PATH=/bin", b"PATH=/other")
     # The same call again: same config, no write.
     written = os.stat(str(path))
-    assert oi.edit_bundle(make_call(tmp_path), opts) == []
+    assert oi.edit_bundle(make_call(tmp_path), policy).changes == []
     assert os.stat(str(path)).st_ino == written.st_ino
 
 
@@ -160,9 +164,7 @@ def test_edit_bundle_leaves_a_malformed_file_byte_identical(tmp_path):
     path = tmp_path / "config.json"
     raw = b'{"process": {"env": ["A=1"]}, "mounts": 7}'
     path.write_bytes(raw)
-    opts = oi.Options()
-    opts.readonly_networking_mounts = True
     with pytest.raises(oi.InterceptorError, match="mounts is not a list"):
-        oi.edit_bundle(make_call(tmp_path), opts)
+        oi.edit_bundle(make_call(tmp_path), policy_of("--oi-readonly-networking-mounts"))
     assert path.read_bytes() == raw
     assert os.listdir(str(tmp_path)) == ["config.json"]

@@ -45,14 +45,14 @@ def test_engine_calls_are_forwarded_unchanged(call):
     opts, runtime_args = split(["--oi-readonly-networking-mounts", "--oi-env", "A=1"] + call)
     assert runtime_args == call
     assert opts.readonly_networking_mounts is True
-    assert opts.env_defaults == ["A=1"]
+    assert opts.env == ["A=1"]
 
 
 def test_space_and_equals_forms_are_the_same():
     a, _ = split(["--oi-runtime-path", "crun", "--oi-env", "A=1", "--oi-env-force", "B=2", "state", "x"])
     b, _ = split(["--oi-runtime-path=crun", "--oi-env=A=1", "--oi-env-force=B=2", "state", "x"])
     for opts in (a, b):
-        assert (opts.runtime_path, opts.env_defaults, opts.env_force) == ("crun", ["A=1"], ["B=2"])
+        assert (opts.runtime_path, opts.env, opts.env_force) == ("crun", ["A=1"], ["B=2"])
 
 
 def test_flags_mixed_with_runtime_globals():
@@ -61,38 +61,38 @@ def test_flags_mixed_with_runtime_globals():
     opts, runtime_args = split(args)
     assert runtime_args == ["--root", "/r", "--log=/l.json", "--log-format", "json", "--debug",
                             "create", "-b", "/b", "id"]
-    assert opts.env_defaults == ["A=1"] and opts.readonly_networking_mounts
+    assert opts.env == ["A=1"] and opts.readonly_networking_mounts
 
 
 def test_a_global_value_that_looks_like_a_word_is_not_the_subcommand():
     # --root's value must not end our flag parsing.
     opts, runtime_args = split(["--root", "state", "--oi-env", "A=1", "list"])
     assert runtime_args == ["--root", "state", "list"]
-    assert opts.env_defaults == ["A=1"]
+    assert opts.env == ["A=1"]
 
 
 def test_go_single_dash_global_takes_a_value():
     opts, runtime_args = split(["-root", "/r", "--oi-env=A=1", "state", "x"])
     assert runtime_args == ["-root", "/r", "state", "x"]
-    assert opts.env_defaults == ["A=1"]
+    assert opts.env == ["A=1"]
 
 
 def test_nothing_after_the_subcommand_is_taken():
     args = ["exec", "id", "prog", "--oi-env", "A=1", "--oi-help", "--runtime-path", "x"]
     opts, runtime_args = split(args)
     assert runtime_args == args
-    assert opts.env_defaults == [] and opts.action is None and opts.runtime_path == "runc"
+    assert opts.env == [] and opts.action is None and opts.runtime_path is None
 
 
 def test_double_dash_ends_our_flags():
     opts, runtime_args = split(["--", "--oi-env", "A=1"])
     assert runtime_args == ["--", "--oi-env", "A=1"]
-    assert opts.env_defaults == []
+    assert opts.env == []
 
 
 def test_values_may_contain_equals_signs_and_repeat_in_order():
     opts, _ = split(["--oi-env", "A=b=c", "--oi-env=B==", "--oi-env", "C=", "start", "x"])
-    assert opts.env_defaults == ["A=b=c", "B==", "C="]
+    assert opts.env == ["A=b=c", "B==", "C="]
 
 
 def test_legacy_spellings_are_aliases():
@@ -122,9 +122,11 @@ def test_help_and_version_belong_to_the_runtime_unless_prefixed():
 def test_defaults():
     opts, runtime_args = split([])
     assert runtime_args == []
-    assert opts.runtime_path == "runc"
-    assert opts.debug_output_dir == "/var/log/oci-interceptor"
-    assert not opts.readonly_networking_mounts and not opts.write_debug_output
+    policy = oi.load_policy(opts, "oci-interceptor")
+    assert policy.runtime_path == "runc"
+    assert policy.debug_output_dir == "/var/log/oci-interceptor"
+    assert not policy.write_debug_output
+    assert policy.rules == []
 
 
 @pytest.mark.parametrize("args, message", [

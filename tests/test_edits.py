@@ -7,11 +7,10 @@ import pytest
 import oci_interceptor as oi
 
 
-def options(**kwargs):
-    opts = oi.Options()
-    for key, value in kwargs.items():
-        setattr(opts, key, value)
-    return opts
+def apply(spec, **actions):
+    """Apply one always-matching rule with these actions (keys with _ for -)."""
+    rule = oi.Rule("r", None, {k.replace("_", "-"): v for k, v in actions.items()}, "test")
+    return oi.apply_rules(spec, [rule])
 
 
 def docker_like_spec():
@@ -48,7 +47,7 @@ def test_make_readonly(before, after):
 
 def test_readonly_networking_mounts():
     spec = docker_like_spec()
-    changes = oi.edit_readonly_networking_mounts(spec, options(readonly_networking_mounts=True))
+    changes = oi.edit_readonly_networking_mounts(spec, True)
     mounts = {m["destination"]: m for m in spec["mounts"]}
     assert mounts["/etc/resolv.conf"]["options"] == ["rbind", "rprivate", "ro"]
     assert mounts["/etc/hostname"]["options"] == ["rbind", "ro", "rprivate"]
@@ -58,25 +57,25 @@ def test_readonly_networking_mounts():
     assert len(changes) == 3
     assert "mounts[3] (/etc/hosts): options (none) -> ['ro']" in changes
     # Idempotent: a second run changes nothing.
-    assert oi.edit_readonly_networking_mounts(spec, options(readonly_networking_mounts=True)) == []
+    assert oi.edit_readonly_networking_mounts(spec, True) == []
 
 
 def test_readonly_networking_mounts_off_changes_nothing():
     spec = docker_like_spec()
     before = copy.deepcopy(spec)
-    assert oi.edit_readonly_networking_mounts(spec, options()) == []
+    assert oi.edit_readonly_networking_mounts(spec, False) == []
     assert spec == before
 
 
 def test_readonly_matches_unclean_destinations_and_null_options():
     spec = {"mounts": [{"destination": "/etc//hosts/", "options": None}, {"destination": "etc/hostname"}]}
-    oi.edit_readonly_networking_mounts(spec, options(readonly_networking_mounts=True))
+    oi.edit_readonly_networking_mounts(spec, True)
     assert spec["mounts"][0]["options"] == ["ro"]
     assert spec["mounts"][1]["options"] == ["ro"]
 
 
 def test_readonly_without_mounts():
-    assert oi.edit_readonly_networking_mounts({}, options(readonly_networking_mounts=True)) == []
+    assert oi.edit_readonly_networking_mounts({}, True) == []
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -87,7 +86,7 @@ def test_readonly_without_mounts():
 ])
 def test_readonly_on_malformed_mounts(spec, message):
     with pytest.raises(oi.InterceptorError, match=message):
-        oi.edit_readonly_networking_mounts(spec, options(readonly_networking_mounts=True))
+        oi.edit_readonly_networking_mounts(spec, True)
 
 
 # --- environment -------------------------------------------------------------------
@@ -98,69 +97,69 @@ def env_of(spec):
 
 def test_env_default_is_added_when_missing_and_loses_to_the_containers_value():
     spec = docker_like_spec()
-    changes = oi.edit_env_defaults(spec, options(env_defaults=["LANG=en_US.UTF-8", "TZ=UTC"]))
+    changes = oi.edit_env_defaults(spec, ["LANG=en_US.UTF-8", "TZ=UTC"])
     assert env_of(spec) == ["PATH=/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8", "TZ=UTC"]
     assert changes == ["process.env: added TZ"]
 
 
 def test_env_force_replaces_in_place_and_adds():
     spec = docker_like_spec()
-    changes = oi.edit_env_force(spec, options(env_force=["HOME=/home/x", "NEW=a=b"]))
+    changes = oi.edit_env_force(spec, ["HOME=/home/x", "NEW=a=b"])
     assert env_of(spec) == ["PATH=/usr/bin:/bin", "HOME=/home/x", "LANG=C.UTF-8", "NEW=a=b"]
     assert changes == ["process.env[1]: replaced HOME", "process.env: added NEW"]
 
 
 def test_defaults_are_applied_before_forced_values():
     spec = docker_like_spec()
-    oi.apply_edits(spec, options(env_defaults=["X=default"], env_force=["X=forced"]))
+    apply(spec, env=["X=default"], env_force=["X=forced"])
     assert env_of(spec).count("X=forced") == 1
     assert not any(e.startswith("X=default") for e in env_of(spec))
 
 
 def test_only_the_first_existing_entry_is_looked_at_and_replaced():
     spec = {"process": {"env": ["A=1", "B=2", "A=3"]}}
-    oi.edit_env_force(spec, options(env_force=["A=9"]))
+    oi.edit_env_force(spec, ["A=9"])
     assert env_of(spec) == ["A=9", "B=2", "A=3"]
 
 
 def test_env_entry_without_equals_counts_as_set():
     spec = {"process": {"env": ["A"]}}
-    assert oi.edit_env_defaults(spec, options(env_defaults=["A=1"])) == []
-    oi.edit_env_force(spec, options(env_force=["A=1"]))
+    assert oi.edit_env_defaults(spec, ["A=1"]) == []
+    oi.edit_env_force(spec, ["A=1"])
     assert env_of(spec) == ["A=1"]
 
 
 def test_empty_value_is_a_value():
     spec = {"process": {"env": ["A=1"]}}
-    oi.edit_env_force(spec, options(env_force=["A="]))
+    oi.edit_env_force(spec, ["A="])
     assert env_of(spec) == ["A="]
 
 
 def test_repeated_flags():
     spec = {"process": {"env": []}}
-    oi.edit_env_defaults(spec, options(env_defaults=["A=1", "A=2"]))
-    oi.edit_env_force(spec, options(env_force=["B=1", "B=2"]))
+    oi.edit_env_defaults(spec, ["A=1", "A=2"])
+    oi.edit_env_force(spec, ["B=1", "B=2"])
     assert env_of(spec) == ["A=1", "B=2"]
 
 
 def test_env_list_is_created_when_missing():
     spec = {"process": {"args": ["sh"]}}
-    oi.edit_env_defaults(spec, options(env_defaults=["A=1"]))
+    oi.edit_env_defaults(spec, ["A=1"])
     assert spec["process"] == {"args": ["sh"], "env": ["A=1"]}
 
 
 def test_no_process_means_no_environment_to_set():
     spec = {"ociVersion": "1.0.2"}
-    assert oi.apply_edits(spec, options(env_force=["A=1"])) == []
+    assert apply(spec, env_force=["A=1"]) == []
     assert spec == {"ociVersion": "1.0.2"}
 
 
 def test_env_is_idempotent():
-    opts = options(env_defaults=["A=1", "LANG=x"], env_force=["HOME=/h", "B=2"])
+    actions = dict(env=["A=1", "LANG=x"], env_force=["HOME=/h", "B=2"])
     spec = docker_like_spec()
-    assert oi.apply_edits(spec, opts)
+    assert apply(spec, **actions)
     once = copy.deepcopy(spec)
-    assert oi.apply_edits(spec, opts) == []
+    assert apply(spec, **actions) == []
     assert spec == once
 
 
@@ -171,7 +170,7 @@ def test_env_is_idempotent():
 ])
 def test_env_on_malformed_process(spec, message):
     with pytest.raises(oi.InterceptorError, match=message):
-        oi.edit_env_defaults(spec, options(env_defaults=["A=1"]))
+        oi.edit_env_defaults(spec, ["A=1"])
 
 
 # --- the pipeline ---------------------------------------------------------------------
@@ -179,18 +178,18 @@ def test_env_on_malformed_process(spec, message):
 def test_pipeline_reports_every_change_and_no_flags_change_nothing():
     spec = docker_like_spec()
     before = copy.deepcopy(spec)
-    assert oi.apply_edits(spec, options()) == []
+    assert oi.apply_rules(spec, []) == []
     assert spec == before
-    changes = oi.apply_edits(spec, options(readonly_networking_mounts=True, env_defaults=["A=1"],
-                                           env_force=["HOME=/"]))
+    changes = apply(spec, readonly_networking_mounts=True, env=["A=1"], env_force=["HOME=/"])
     assert len(changes) == 5
+    assert all(change.startswith("r: ") for change in changes)
 
 
 def test_pipeline_refuses_a_non_object():
     with pytest.raises(oi.InterceptorError, match="not a JSON object"):
-        oi.apply_edits([], options())
+        oi.apply_rules([], [])
 
 
 def test_every_edit_is_in_the_pipeline():
     edits = [getattr(oi, name) for name in dir(oi) if name.startswith("edit_") and name != "edit_bundle"]
-    assert set(edits) == set(oi.EDITS)
+    assert set(edits) == {action.edit for action in oi.ACTIONS}

@@ -10,59 +10,7 @@ import threading
 import pytest
 
 import oci_interceptor as oi
-from conftest import REPO, SYSTEM_PYTHON
-
-FAKE_RUNTIME = r"""#!/bin/sh
-# Records how it was called: its pid, arguments (NUL-separated), ignored signals.
-out="${FAKE_RUNTIME_OUT:?}"
-echo $$ > "$out.pid"
-printf '%s\0' "$@" > "$out.args"
-grep '^SigIgn:' /proc/$$/status > "$out.sigign"
-echo "fake runtime stdout"
-exit "${FAKE_RUNTIME_EXIT:-0}"
-"""
-
-
-@pytest.fixture(params=["pyz", "script"])
-def entry(request, pyz):
-    """The two ways to start the program: they must behave the same."""
-    if request.param == "pyz":
-        return [pyz]
-    return [SYSTEM_PYTHON, os.path.join(REPO, "oci_interceptor.py")]
-
-
-@pytest.fixture
-def fake(tmp_path):
-    path = tmp_path / "fake-runtime"
-    path.write_text(FAKE_RUNTIME)
-    path.chmod(0o755)
-
-    class Fake(object):
-        runtime = str(path)
-        out = str(tmp_path / "record")
-
-        def args(self):
-            with open(self.out + ".args", "rb") as f:
-                data = f.read()
-            return data.split(b"\0")[:-1]
-
-        def called(self):
-            return os.path.exists(self.out + ".args")
-
-        def pid(self):
-            with open(self.out + ".pid") as f:
-                return int(f.read())
-
-    return Fake()
-
-
-def run(entry, args, fake=None, env=None, **kwargs):
-    environ = dict(os.environ)
-    if fake is not None:
-        environ["FAKE_RUNTIME_OUT"] = fake.out
-    environ.update(env or {})
-    return subprocess.run(list(entry) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=environ, timeout=60, **kwargs)
+from conftest import run
 
 
 def write_config(directory, spec):

@@ -1,0 +1,52 @@
+"""The README's examples are checked, so the docs cannot drift."""
+
+import json
+import os
+import re
+
+import oci_interceptor as oi
+from conftest import REPO
+
+
+def readme():
+    with open(os.path.join(REPO, "README.md")) as f:
+        return f.read()
+
+
+def json_blocks_after(heading):
+    text = readme()
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", 1)]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+
+
+def test_policy_file_example_is_valid(tmp_path):
+    (example,) = json_blocks_after("## Policy files")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(example))
+    path.chmod(0o644)
+    opts, _ = oi.split_command_line(["--oi-config", str(path), "create", "x"])
+    policy = oi.load_policy(opts, "oci-interceptor-strict")
+    assert policy.profile == "oci-interceptor-strict"
+    assert [r.name for r in policy.rules] == ["(global)", "no-proxy-for-ci", "scratch-tmpfs"]
+    spec = {"process": {"args": ["/usr/bin/build"], "env": ["HTTP_PROXY=x"]},
+            "annotations": {"com.example.team": "ci"}, "mounts": []}
+    oi.apply_rules(spec, oi.matching_rules(spec, policy))
+    assert spec["process"]["env"] == ["TZ=UTC"]
+    assert spec["mounts"][0]["destination"] == "/scratch"
+
+
+def test_docker_examples_are_valid_daemon_json():
+    blocks = json_blocks_after("## Register it with Docker")
+    assert blocks[0]["runtimes"]["oci-interceptor"] == {"path": "/usr/local/bin/oci-interceptor"}
+    args = blocks[1]["runtimes"]["oci-interceptor"]["runtimeArgs"]
+    opts, runtime_args = oi.split_command_line(args + ["create", "x"])
+    assert runtime_args == ["create", "x"] and all(" " not in a for a in args)
+
+
+def test_every_flag_is_in_the_readme():
+    text = readme()
+    for flag in oi.FLAGS:
+        assert "`%s" % flag.name in text, flag.name
+    for action in oi.ACTIONS:
+        assert '`"%s"' % action.key in text, action.key
