@@ -109,6 +109,15 @@ def _check_not_empty(flag, value):
         raise UsageError("%s: the value is empty" % flag)
 
 
+ENGINES = ("docker", "podman", "containerd")
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+
+
+def _check_engine(flag, value):
+    if value not in ENGINES:
+        raise UsageError("%s %s: expected one of %s" % (flag, _quote_for_message(value), ", ".join(ENGINES)))
+
+
 FLAGS = (
     Flag("--oi-runtime-path", "value", "runtime_path", metavar="PATH", key="runtime-path",
          check=_check_not_empty, aliases=("--runtime-path",),
@@ -156,6 +165,19 @@ FLAGS = (
     Flag("--oi-check-config", "action", "check-config",
          help="Check the flags, config file and hook files, print a summary, and "
               "exit 0 (valid) or 2 (not)."),
+    Flag("--oi-register", "value", "register", metavar="ENGINE", check=_check_engine,
+         help="Register this program with an engine and exit. docker: merge a runtime "
+              "into daemon.json (everything else kept, a backup written, idempotent) and "
+              "print the restart command. podman, containerd: print the configuration "
+              "snippet to add (their TOML is not rewritten)."),
+    Flag("--oi-register-name", "value", "register_name", metavar="NAME", check=_check_not_empty,
+         help="The runtime name to register (default: %s)." % PROG),
+    Flag("--oi-register-default", "switch", "register_default",
+         help="With --oi-register: make it the engine's default runtime."),
+    Flag("--oi-register-path", "value", "register_path", metavar="PATH", check=_check_not_empty,
+         help="With --oi-register: the program path to register (default: this program)."),
+    Flag("--oi-daemon-json", "value", "daemon_json", metavar="FILE", check=_check_not_empty,
+         help="With --oi-register docker: the file to edit (default: %s)." % DOCKER_DAEMON_JSON),
     Flag("--oi-version", "action", "version",
          help="Print the version and exit."),
     Flag("--oi-help", "action", "help",
@@ -2072,7 +2094,14 @@ def _same_file_as_stderr(fd):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_warned = set()
+
+
 def report_warning(message):
+    """One line to stderr; the same warning only once per call."""
+    if message in _warned:
+        return
+    _warned.add(message)
     try:
         sys.stderr.write("%s: warning: %s\n" % (PROG, _one_line(message)))
         sys.stderr.flush()
@@ -2221,6 +2250,125 @@ def exec_runtime(runtime, runtime_args):
         raise InterceptorError("cannot execute runtime %s: %s" % (runtime, exc.strerror))
 
 
+def register(opts, argv0):
+    """--oi-register ENGINE: returns the text to print."""
+    program = os.path.abspath(opts.register_path or argv0 or PROG)
+    name = opts.register_name or PROG
+    if opts.register == "docker":
+        return register_docker(program, name, bool(opts.register_default),
+                               opts.daemon_json or DOCKER_DAEMON_JSON)
+    if opts.register == "podman":
+        return PODMAN_SNIPPET.format(name=name, path=program,
+                                     default="" if opts.register_default else "# ")
+    return CONTAINERD_SNIPPET.format(name=name, path=program,
+                                     default="" if opts.register_default else "# ")
+
+
+PODMAN_SNIPPET = """\
+# Add to /etc/containers/containers.conf (or a file in containers.conf.d/):
+[engine]
+{default}runtime = "{name}"
+
+[engine.runtimes]
+{name} = ["{path}"]
+
+# Then: podman --runtime {name} run ... (or every container, with runtime = "{name}").
+# Policy comes from /etc/oci-interceptor/config.json.
+"""
+
+CONTAINERD_SNIPPET = """\
+# Add to /etc/containerd/config.toml (version = 2), then restart containerd:
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  {default}default_runtime_name = "{name}"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}.options]
+    BinaryName = "{path}"
+
+# For Kubernetes, a RuntimeClass whose handler is this runtime:
+# apiVersion: node.k8s.io/v1
+# kind: RuntimeClass
+# metadata:
+#   name: {name}
+# handler: {name}
+# Policy comes from /etc/oci-interceptor/config.json.
+"""
+
+
+def register_docker(program, name, make_default, daemon_json):
+    """Merge a runtime entry into daemon.json: everything else is kept, the
+    old file is backed up, and a second run changes nothing."""
+    import errno
+    if name in ("runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"):
+        raise UsageError("--oi-register-name %s: Docker reserves that name" % name)
+    try:
+        raw, st = read_config(daemon_json, follow_symlinks=True)
+    except ReadError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        raw, st = None, None
+    data = {}
+    if raw is not None and raw.strip():
+        try:
+            data = parse_json(raw)
+        except ValueError as exc:
+            raise InterceptorError("cannot parse %s: %s" % (daemon_json, exc))
+    if not isinstance(data, dict) or not isinstance(data.get("runtimes", {}), dict):
+        raise InterceptorError("%s: expected an object with a \"runtimes\" object" % daemon_json)
+    changes = []
+    runtimes = data.setdefault("runtimes", {})
+    entry = runtimes.get(name)
+    if not isinstance(entry, dict):
+        runtimes[name] = {"path": program}
+        changes.append("added runtime %s: %s" % (name, program))
+    elif entry.get("path") != program:
+        changes.append("runtime %s: path %s -> %s" % (name, entry.get("path"), program))
+        entry["path"] = program
+    if make_default and data.get("default-runtime") != name:
+        changes.append("default-runtime: %s -> %s" % (data.get("default-runtime", "(runc)"), name))
+        data["default-runtime"] = name
+    if not changes:
+        return "%s: runtime %s is already registered; nothing changed\n" % (daemon_json, name)
+    layout = Layout.of(raw) if raw and raw.strip() else Layout("    ", ",", ": ", True)
+    new_raw = serialize_config(data, layout)
+    lines = []
+    if st is None:
+        directory = os.path.dirname(daemon_json)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fd = os.open(daemon_json, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            os.write(fd, new_raw)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        lines.append("%s: created" % daemon_json)
+    else:
+        import time
+        stamp = "%s.bak-%s" % (daemon_json, time.strftime("%Y%m%d%H%M%S"))
+        for attempt in range(100):
+            backup = stamp if attempt == 0 else "%s.%d" % (stamp, attempt)
+            try:
+                fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise InterceptorError("cannot write a backup of %s" % daemon_json)
+        try:
+            os.write(fd, raw)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        write_atomically(daemon_json, new_raw, st)
+        lines.append("%s: updated (backup: %s)" % (daemon_json, backup))
+    lines.extend("  " + change for change in changes)
+    lines.append("Restart Docker to apply: systemctl restart docker")
+    lines.append("Then: docker run --runtime %s ...%s" % (
+        name, "" if make_default else "  (or register with --oi-register-default)"))
+    return "\n".join(lines) + "\n"
+
+
 def check_config_report(policy, argv0):
     """The --oi-check-config summary."""
     lines = ["%s %s: configuration is valid" % (PROG, __version__)]
@@ -2280,6 +2428,9 @@ def run(argv0, args):
             return 0
         if opts.action == "version":
             sys.stdout.write("%s %s\n" % (PROG, __version__))
+            return 0
+        if opts.register:
+            sys.stdout.write(register(opts, argv0))
             return 0
         call = parse_runtime_call(runtime_args)
         editing = call.edits_config or opts.dry_run or opts.action == "check-config"

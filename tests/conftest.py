@@ -6,14 +6,12 @@ Every container a test starts lives under a private --root and is deleted
 by id after the test, pass or fail.
 """
 
-import glob
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -256,99 +254,22 @@ def run(entry, args, fake=None, env=None, **kwargs):
                           env=environ, timeout=60, **kwargs)
 
 
-# --- engines ----------------------------------------------------------------------------
-
-POLICY_ENV = "OCI_INTERCEPTOR_CONFIG"
-
-
-class Containerd(object):
-    """A private containerd (its own root, state and sockets, CRI plugin off),
-    started with OCI_INTERCEPTOR_CONFIG pointing at policy_path, so every
-    runtime binary its shims run reads that policy."""
-
-    def __init__(self, base, image_tar, image_name):
-        self.base = str(base)
-        self.socket = os.path.join(self.base, "containerd.sock")
-        self.policy_path = os.path.join(self.base, "policy.json")
-        self.image = image_name
-        self.cgroup_prefix = "oi-ctr-%d" % os.getpid()
-        self._created = [d for d in ("/run/containerd",) if not os.path.exists(d)]
-        config = os.path.join(self.base, "config.toml")
-        with open(config, "w") as f:
-            f.write('version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                    '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
-                    '[debug]\n  address = "%s/debug.sock"\n'
-                    % (self.base, self.base, self.socket, self.socket, self.base))
-        self.log = open(os.path.join(self.base, "containerd.log"), "wb")
-        env = dict(os.environ)
-        env[POLICY_ENV] = self.policy_path
-        self.process = subprocess.Popen(["containerd", "--config", config], stdout=self.log,
-                                        stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 30
-        while self.ctr("version").returncode != 0:
-            if time.time() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("containerd did not start")
-            time.sleep(0.2)
-        imported = self.ctr("images", "import", "--snapshotter", "native", image_tar)
-        if imported.returncode != 0:
-            self.stop()
-            raise RuntimeError("ctr images import failed: %s" % imported.stderr.decode())
-
-    def ctr(self, *args, **kwargs):
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("timeout", 120)
-        return subprocess.run(["ctr", "-a", self.socket] + list(args), **kwargs)
-
-    def run(self, runtime_binary, cid, args, extra=()):
-        """`ctr run --rm` of the image through runtime_binary; nothing of it is
-        left outside this containerd's directories."""
-        fifo = os.path.join(self.base, "fifo")
-        os.makedirs(fifo, exist_ok=True)
-        try:
-            return self.ctr("run", "--rm", "--snapshotter", "native", "--runc-binary", runtime_binary,
-                            "--runc-root", os.path.join(self.base, "runc"), "--fifo-dir", fifo,
-                            "--cgroup", "/%s-%s" % (self.cgroup_prefix, cid), *extra,
-                            self.image, cid, *args, stdin=subprocess.DEVNULL)
-        finally:
-            self.ctr("tasks", "kill", "-s", "KILL", cid)
-            self.ctr("containers", "delete", cid)
-
-    def write_policy(self, data):
-        with open(self.policy_path, "w") as f:
-            json.dump(data, f)
-        os.chmod(self.policy_path, 0o644)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        for controller in glob.glob("/sys/fs/cgroup/*/"):
-            for leftover in glob.glob(os.path.join(controller, self.cgroup_prefix + "-*")):
-                try:
-                    os.rmdir(leftover)
-                except OSError:
-                    pass
-        for created in self._created:
-            shutil.rmtree(created, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def containerd(tmp_path_factory, rootfs):
     need(shutil.which("containerd") and shutil.which("ctr"), "containerd is not installed")
     need(shutil.which("containerd-shim-runc-v2"), "containerd-shim-runc-v2 is not installed")
+    import engines
     import images
     base = tmp_path_factory.mktemp("containerd")
     tar = images.oci_image_tarball(rootfs, str(base / "busybox-oci.tar"), "docker.io/library/oi-busybox:test")
-    daemon = Containerd(base, tar, "docker.io/library/oi-busybox:test")
+    daemon = engines.Containerd(base, tar, "docker.io/library/oi-busybox:test")
     try:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def rootfs_tar(rootfs, tmp_path_factory):
+    import images
+    return images.rootfs_tarball(rootfs, str(tmp_path_factory.mktemp("image") / "busybox-rootfs.tar"))

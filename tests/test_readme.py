@@ -50,3 +50,28 @@ def test_every_flag_is_in_the_readme():
         assert "`%s" % flag.name in text, flag.name
     for action in oi.ACTIONS:
         assert '`"%s"' % action.key in text, action.key
+
+
+def toml_blocks_after(heading):
+    text = readme()
+    section = text[text.index(heading):]
+    section = section[:section.find("\n## ", 1)]
+    return re.findall(r"```toml\n(.*?)```", section, re.S)
+
+
+def printed_snippet(engine, *flags):
+    import subprocess
+    from conftest import SYSTEM_PYTHON
+    return subprocess.run([SYSTEM_PYTHON, os.path.join(REPO, "oci_interceptor.py"), "--oi-register", engine,
+                           "--oi-register-path", "/usr/local/bin/oci-interceptor"] + list(flags),
+                          stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+
+
+def test_readme_podman_snippet_is_what_the_program_prints():
+    (block,) = toml_blocks_after("## Register it with Podman")
+    assert block in printed_snippet("podman", "--oi-register-default")
+
+
+def test_readme_containerd_snippet_is_what_the_program_prints():
+    (block,) = toml_blocks_after("## Register it with containerd")
+    assert block in printed_snippet("containerd")

@@ -1,0 +1,258 @@
+"""Private container engines for the end-to-end tests: containerd, Docker
+and Podman, each with its own directories and sockets, stopped by pid, and
+whatever they leave outside their directories removed again.
+
+They never touch the host's own engine configuration: each gets its own
+config file, and the interceptor's default config file is pointed elsewhere
+through OCI_INTERCEPTOR_CONFIG (for Podman, through conmon_env_vars).
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+POLICY_ENV = "OCI_INTERCEPTOR_CONFIG"
+
+# Paths engines create outside the directories they are given (containerd
+# 1.6's shim sockets, Docker's plugin dir, Podman's network and blob caches)
+# and the cgroup parents they make; removed after a test run if it made them.
+HOST_PATHS = ("/run/containerd", "/run/docker", "/run/containers", "/etc/containers/networks",
+              "/var/lib/containers", "/run/libpod")
+CGROUP_PARENTS = ("docker", "libpod_parent", "default", "machine.slice")
+
+
+class HostResidue(object):
+    """Remembers which of HOST_PATHS and cgroup parents exist now; clean()
+    removes the ones that appeared since."""
+
+    def __init__(self, extra_cgroups=()):
+        self.paths = [p for p in HOST_PATHS if not os.path.lexists(p)]
+        self.cgroup_names = tuple(CGROUP_PARENTS) + tuple(extra_cgroups)
+        self.cgroups = set(self._cgroup_dirs())
+
+    def _cgroup_dirs(self):
+        for name in self.cgroup_names:
+            for path in glob.glob("/sys/fs/cgroup/*/" + name):
+                yield path
+
+    def clean(self):
+        for path in self.paths:
+            if os.path.lexists(path):
+                shutil.rmtree(path, ignore_errors=True)
+        for path in set(self._cgroup_dirs()) - self.cgroups:
+            for directory, _, _ in sorted(os.walk(path), key=lambda entry: -len(entry[0])):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+
+
+def stop_process(process, timeout=30):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def write_policy(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f)
+    os.chmod(path, 0o644)
+
+
+class Containerd(object):
+    """A private containerd (its own root, state and sockets, CRI plugin off),
+    started with OCI_INTERCEPTOR_CONFIG pointing at policy_path, so every
+    runtime binary its shims run reads that policy."""
+
+    def __init__(self, base, image_tar, image_name):
+        self.base = str(base)
+        self.socket = os.path.join(self.base, "containerd.sock")
+        self.policy_path = os.path.join(self.base, "policy.json")
+        self.image = image_name
+        self.cgroup_prefix = "oi-ctr-%d" % os.getpid()
+        self.residue = HostResidue(extra_cgroups=(self.cgroup_prefix + "-*",))
+        config = os.path.join(self.base, "config.toml")
+        with open(config, "w") as f:
+            f.write('version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
+                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                    '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
+                    '[debug]\n  address = "%s/debug.sock"\n'
+                    % (self.base, self.base, self.socket, self.socket, self.base))
+        self.log = open(os.path.join(self.base, "containerd.log"), "wb")
+        env = dict(os.environ)
+        env[POLICY_ENV] = self.policy_path
+        self.process = subprocess.Popen(["containerd", "--config", config], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 30
+        while self.ctr("version").returncode != 0:
+            if time.time() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("containerd did not start")
+            time.sleep(0.2)
+        imported = self.ctr("images", "import", "--snapshotter", "native", image_tar)
+        if imported.returncode != 0:
+            self.stop()
+            raise RuntimeError("ctr images import failed: %s" % imported.stderr.decode())
+
+    def ctr(self, *args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("timeout", 120)
+        return subprocess.run(["ctr", "-a", self.socket] + list(args), **kwargs)
+
+    def run(self, runtime_binary, cid, args, extra=()):
+        """`ctr run --rm` of the image through runtime_binary; nothing of it is
+        left outside this containerd's directories."""
+        fifo = os.path.join(self.base, "fifo")
+        os.makedirs(fifo, exist_ok=True)
+        try:
+            return self.ctr("run", "--rm", "--snapshotter", "native", "--runc-binary", runtime_binary,
+                            "--runc-root", os.path.join(self.base, "runc"), "--fifo-dir", fifo,
+                            "--cgroup", "/%s-%s" % (self.cgroup_prefix, cid), *extra,
+                            self.image, cid, *args, stdin=subprocess.DEVNULL)
+        finally:
+            self.ctr("tasks", "kill", "-s", "KILL", cid)
+            self.ctr("containers", "delete", cid)
+
+    def write_policy(self, data):
+        write_policy(self.policy_path, data)
+
+    def stop(self):
+        stop_process(self.process)
+        self.log.close()
+        self.residue.clean()
+
+
+class Docker(object):
+    """A private dockerd: vfs storage, no iptables, no bridge, its own data
+    root, exec root, socket and daemon.json; started with
+    OCI_INTERCEPTOR_CONFIG pointing at policy_path."""
+
+    def __init__(self, daemon_config, image_tar=None, image="oi-busybox:test"):
+        # A short base: containerd's sockets live under the exec root.
+        self.base = tempfile.mkdtemp(prefix="oi-dkr-", dir="/tmp")
+        self.socket = os.path.join(self.base, "docker.sock")
+        self.daemon_json = os.path.join(self.base, "daemon.json")
+        self.policy_path = os.path.join(self.base, "policy.json")
+        self.image = image
+        self.process = None
+        self.residue = HostResidue()
+        with open(self.daemon_json, "w") as f:
+            json.dump(daemon_config, f, indent=2)
+        self.env = dict(os.environ, DOCKER_HOST="unix://" + self.socket,
+                        DOCKER_CONFIG=os.path.join(self.base, "cli"))
+        self.start()
+        if image_tar:
+            imported = self.docker("import", image_tar, image)
+            if imported.returncode != 0:
+                self.stop()
+                raise RuntimeError("docker import failed: " + imported.stderr.decode())
+
+    def start(self):
+        env = dict(os.environ)
+        env[POLICY_ENV] = self.policy_path
+        self.log = open(os.path.join(self.base, "dockerd.log"), "ab")
+        self.process = subprocess.Popen(
+            ["dockerd", "--storage-driver", "vfs", "--iptables=false", "--ip-masq=false", "--bridge=none",
+             "--data-root", os.path.join(self.base, "data"), "--exec-root", os.path.join(self.base, "exec"),
+             "-H", "unix://" + self.socket, "--pidfile", os.path.join(self.base, "dockerd.pid"),
+             "--config-file", self.daemon_json],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 60
+        while self.docker("version", timeout=10).returncode != 0:
+            if time.time() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("dockerd did not start: " + self.log_text()[-2000:])
+            time.sleep(0.3)
+
+    def log_text(self):
+        with open(os.path.join(self.base, "dockerd.log"), errors="replace") as f:
+            return f.read()
+
+    def docker(self, *args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(["docker"] + list(args), env=self.env, **kwargs)
+
+    def run(self, *args, **kwargs):
+        """docker run --rm --network none ... ARGS"""
+        return self.docker("run", "--rm", "--network", "none", *args, **kwargs)
+
+    def write_policy(self, data):
+        write_policy(self.policy_path, data)
+
+    def restart(self):
+        stop_process(self.process)
+        self.log.close()
+        self.start()
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            listed = self.docker("ps", "-aq", timeout=30)
+            ids = listed.stdout.decode().split()
+            if ids:
+                self.docker("rm", "-f", *ids)
+        if self.process is not None:
+            stop_process(self.process)
+            self.log.close()
+        self.residue.clean()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class Podman(object):
+    """Podman with private storage, run root, tmp dir, network config dir and
+    containers.conf (CONTAINERS_CONF), vfs and cgroupfs; conmon passes
+    OCI_INTERCEPTOR_CONFIG to the runtime (conmon_env_vars)."""
+
+    ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
+
+    def __init__(self, base, containers_conf_snippet, image_tar, image="oi-busybox:test"):
+        self.base = str(base)
+        self.policy_path = os.path.join(self.base, "policy.json")
+        self.image = image
+        self.residue = HostResidue()
+        conf = os.path.join(self.base, "containers.conf")
+        # The snippet `oci-interceptor --oi-register podman` prints, plus the
+        # line that points the policy file away from the host's.
+        snippet = containers_conf_snippet.replace(
+            "[engine]\n", '[engine]\nconmon_env_vars = ["%s=%s"]\n' % (POLICY_ENV, self.policy_path), 1)
+        with open(conf, "w") as f:
+            f.write(snippet)
+        self.env = dict(os.environ, CONTAINERS_CONF=conf)
+        self.flags = ["--root", os.path.join(self.base, "root"), "--runroot", os.path.join(self.base, "runroot"),
+                      "--tmpdir", os.path.join(self.base, "tmp"), "--storage-driver", "vfs",
+                      "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                      "--network-config-dir", os.path.join(self.base, "networks")]
+        imported = self.podman("import", image_tar, image)
+        if imported.returncode != 0:
+            self.stop()
+            raise RuntimeError("podman import failed: " + imported.stderr.decode())
+
+    def podman(self, *args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(["podman"] + self.flags + list(args), env=self.env, **kwargs)
+
+    def run(self, *args, **kwargs):
+        """podman run --rm --network none (ulimits this machine needs) ARGS"""
+        return self.podman("run", "--rm", "--network", "none", *(self.ULIMITS + args), **kwargs)
+
+    def write_policy(self, data):
+        write_policy(self.policy_path, data)
+
+    def stop(self):
+        self.podman("rm", "--all", "--force", "--time", "0", timeout=120)
+        self.residue.clean()

@@ -1,0 +1,307 @@
+"""End to end through the real engines: Docker (registered both ways, and by
+the register command), Podman, and rootless runc. The engines are configured
+from the README's own snippets, so the docs cannot drift."""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import need, new_id
+from test_readme import json_blocks_after
+
+WRITE_NETWORK_FILES = ("for f in hosts hostname resolv.conf; do "
+                       "if echo x >> /etc/$f; then echo \"$f writable\"; fi; done 2>&1; true")
+TRAP_TERM = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+POLICY = {"version": 1, "readonly-networking-mounts": True,
+          "env": ["DEFAULTED=interceptor"], "env-force": ["FORCED=interceptor"]}
+README_PATH = "/usr/local/bin/oci-interceptor"
+
+
+def _with_program(block, pyz):
+    return json.loads(json.dumps(block).replace(README_PATH, pyz))
+
+
+# --- Docker -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def docker(pyz, rootfs_tar, tmp_path_factory):
+    """A private dockerd with the interceptor registered both ways, from the
+    README: by path alone as the default runtime (policy from the config
+    file), and with runtimeArgs ("oi-args"); plus two broken registrations."""
+    need(shutil.which("dockerd") and shutil.which("docker"), "docker.io is not installed")
+    import engines
+    path_only, with_args = json_blocks_after("## Register it with Docker")[:2]
+    config = _with_program(path_only, pyz)
+    args_entry = _with_program(with_args, pyz)["runtimes"]["oci-interceptor"]
+    debug_dir = str(tmp_path_factory.mktemp("docker-debug"))
+    args_entry["runtimeArgs"] += ["--oi-env-force=FORCED=interceptor", "--oi-write-debug-output",
+                                  "--oi-debug-output-dir=" + debug_dir]
+    config["runtimes"]["oi-args"] = args_entry
+    config["runtimes"]["oi-broken"] = {"path": pyz, "runtimeArgs": ["--oi-runtime-path=/nonexistent/runc"]}
+    config["runtimes"]["oi-badenv"] = {"path": pyz, "runtimeArgs": ["--oi-env=NOEQUALS"]}
+    daemon = engines.Docker(config, rootfs_tar)
+    daemon.debug_dir = debug_dir
+    daemon.write_policy(POLICY)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_docker_networking_files_read_only_both_ways(docker):
+    default = docker.run(docker.image, "sh", "-c", WRITE_NETWORK_FILES)          # default runtime: path only
+    with_args = docker.run("--runtime", "oi-args", docker.image, "sh", "-c", WRITE_NETWORK_FILES)
+    plain = docker.run("--runtime", "runc", docker.image, "sh", "-c", WRITE_NETWORK_FILES)
+    for result in (default, with_args):
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        for name in ("hosts", "hostname", "resolv.conf"):
+            assert "can't create /etc/%s: Read-only file system" % name in out
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.decode().split() == ["hosts", "writable", "hostname", "writable", "resolv.conf", "writable"]
+
+
+def test_docker_env_defaults_lose_to_run_e_and_forced_values_win(docker):
+    for runtime in ("oci-interceptor", "oi-args"):
+        given = docker.run("--runtime", runtime, "-e", "DEFAULTED=mine", "-e", "FORCED=mine", "-e", "TZ=Europe/Oslo",
+                           docker.image, "env").stdout.decode().splitlines()
+        assert "FORCED=interceptor" in given and "FORCED=mine" not in given
+        assert "TZ=Europe/Oslo" in given                        # runtimeArgs --oi-env=TZ=UTC loses
+        plain = docker.run("--runtime", runtime, docker.image, "env").stdout.decode().splitlines()
+        assert "FORCED=interceptor" in plain
+    assert "DEFAULTED=mine" in docker.run("-e", "DEFAULTED=mine", docker.image, "env").stdout.decode().splitlines()
+    assert "DEFAULTED=interceptor" in docker.run(docker.image, "env").stdout.decode().splitlines()
+    assert "TZ=UTC" in docker.run("--runtime", "oi-args", docker.image, "env").stdout.decode().splitlines()
+
+
+@pytest.mark.parametrize("code", [0, 3, 42])
+def test_docker_exit_codes(docker, code):
+    assert docker.run(docker.image, "sh", "-c", "exit %d" % code).returncode == code
+
+
+def test_docker_stop_exec_and_debug_files(docker):
+    started = docker.docker("run", "-d", "--network", "none", "--runtime", "oi-args", "--hostname", "named-host",
+                            docker.image, "sh", "-c", TRAP_TERM)
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.decode().strip()
+    try:
+        executed = docker.docker("exec", cid, "sh", "-c", "cat /etc/hostname; echo x >> /etc/hosts")
+        assert executed.stdout.decode() == "named-host\n"
+        assert b"Read-only file system" in executed.stderr
+        began = time.time()
+        stopped = docker.docker("stop", "-t", "30", cid)
+        assert stopped.returncode == 0, stopped.stderr
+        assert time.time() - began < 10
+        assert docker.docker("wait", cid).stdout.decode().strip() == "0"
+    finally:
+        docker.docker("rm", "-f", cid)
+    names = os.listdir(docker.debug_dir)
+    for suffix in ("_original.json", "_parsed.json", "_modified.json"):
+        assert "named-host" + suffix in names
+    with open(os.path.join(docker.debug_dir, "runtime_calls.log")) as f:
+        calls = f.read()
+    for command in (" create ", " start ", " exec ", " kill ", " delete "):
+        assert command in calls
+
+
+def test_docker_shows_our_message_when_policy_cannot_be_applied(docker):
+    broken = docker.run("--runtime", "oi-broken", docker.image, "true")
+    assert broken.returncode != 0
+    assert "oci-interceptor: runtime /nonexistent/runc does not exist" in broken.stderr.decode()
+    badenv = docker.run("--runtime", "oi-badenv", docker.image, "true")
+    assert "oci-interceptor: --oi-env NOEQUALS: expected NAME=VALUE" in badenv.stderr.decode()
+    docker.write_policy({"version": 1, "rules": [{"when": {"commands": ["("]}, "env": ["A=1"]}]})
+    try:
+        bad_file = docker.run(docker.image, "true")
+    finally:
+        docker.write_policy(POLICY)
+    assert bad_file.returncode != 0
+    assert ("oci-interceptor: config %s: rules[0].when.commands[0]: bad regex" % docker.policy_path
+            in bad_file.stderr.decode())
+    assert "unable to retrieve OCI runtime error" not in bad_file.stderr.decode()
+
+
+def test_register_docker_against_a_real_daemon(pyz, rootfs_tar):
+    need(shutil.which("dockerd"), "docker.io is not installed")
+    import engines
+    daemon = engines.Docker({"log-level": "warn", "runtimes": {"other": {"path": "/usr/bin/true"}}}, rootfs_tar)
+    try:
+        daemon.write_policy(POLICY)
+        register = [pyz, "--oi-register", "docker", "--oi-register-default", "--oi-daemon-json", daemon.daemon_json]
+        first = subprocess.run(register, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert first.returncode == 0, first.stderr
+        out = first.stdout.decode()
+        assert "added runtime oci-interceptor: %s" % pyz in out
+        assert "default-runtime: (runc) -> oci-interceptor" in out
+        assert "systemctl restart docker" in out
+        backups = [n for n in os.listdir(daemon.base) if n.startswith("daemon.json.bak-")]
+        assert len(backups) == 1
+        with open(daemon.daemon_json) as f:
+            registered = json.load(f)
+        assert registered["log-level"] == "warn" and registered["runtimes"]["other"] == {"path": "/usr/bin/true"}
+        again = subprocess.run(register, stdout=subprocess.PIPE)
+        assert b"already registered; nothing changed" in again.stdout
+        daemon.restart()
+        info = json.loads(daemon.docker("info", "--format", "{{json .}}").stdout.decode())
+        assert "oci-interceptor" in info["Runtimes"] and info["DefaultRuntime"] == "oci-interceptor"
+        result = daemon.run(daemon.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
+        assert result.returncode == 0, result.stderr
+        assert "FORCED=interceptor" in result.stdout.decode().splitlines()
+        assert "can't create /etc/hosts: Read-only file system" in result.stdout.decode()
+    finally:
+        daemon.stop()
+
+
+# --- Podman -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def podman(pyz, rootfs_tar, tmp_path_factory):
+    need(shutil.which("podman") and shutil.which("conmon"), "podman is not installed")
+    import engines
+    snippet = subprocess.run([pyz, "--oi-register", "podman", "--oi-register-default"],
+                             stdout=subprocess.PIPE, check=True).stdout.decode()
+    engine = engines.Podman(tmp_path_factory.mktemp("podman"), snippet, rootfs_tar)
+    engine.write_policy(POLICY)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def test_podman_policy_from_the_config_file(podman):
+    result = podman.run("-e", "DEFAULTED=mine", "-e", "FORCED=mine", podman.image, "sh", "-c",
+                        "env; " + WRITE_NETWORK_FILES)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "DEFAULTED=mine" in out.splitlines() and "FORCED=interceptor" in out.splitlines()
+    assert "can't create /etc/hosts: Read-only file system" in out
+    assert "can't create /etc/hostname: Read-only file system" in out
+    plain = podman.run("--runtime", "runc", podman.image, "sh", "-c", WRITE_NETWORK_FILES)
+    assert "hosts writable" in plain.stdout.decode()
+
+
+def test_podman_runtime_flags_and_exit_codes(podman, pyz):
+    result = podman.podman("--runtime", pyz, "--runtime-flag", "oi-env-force=VIA_FLAG=yes",
+                           "run", "--rm", "--network", "none", *podman.ULIMITS, podman.image, "env")
+    assert "VIA_FLAG=yes" in result.stdout.decode().splitlines()
+    for code in (0, 5):
+        assert podman.run(podman.image, "sh", "-c", "exit %d" % code).returncode == code
+
+
+def test_podman_stop(podman):
+    name = new_id("oi-podman")
+    started = podman.podman("run", "-d", "--name", name, "--network", "none", *podman.ULIMITS,
+                            podman.image, "sh", "-c", TRAP_TERM)
+    assert started.returncode == 0, started.stderr
+    try:
+        began = time.time()
+        stopped = podman.podman("stop", "-t", "30", name)
+        assert stopped.returncode == 0, stopped.stderr
+        assert time.time() - began < 10
+    finally:
+        podman.podman("rm", "-f", name)
+
+
+# --- rootless runc ----------------------------------------------------------------------
+
+ROOTLESS_UID = 43210
+
+
+def test_rootless_runc(pyz, rootfs):
+    """An unprivileged user (a uid with no passwd entry: nothing of the
+    host's user database changes) runs runc rootless through the
+    interceptor, with its edits applied."""
+    need(shutil.which("runc"), "runc is not installed")
+    need(os.path.exists("/proc/sys/kernel/unprivileged_userns_clone") is False or
+         open("/proc/sys/kernel/unprivileged_userns_clone").read().strip() == "1",
+         "unprivileged user namespaces are disabled")
+    with pytest.raises(KeyError):
+        pwd.getpwuid(ROOTLESS_UID)
+    base = tempfile.mkdtemp(prefix="oi-rootless-")
+    try:
+        os.chmod(base, 0o755)
+        program = os.path.join(base, "oci-interceptor.pyz")
+        shutil.copy2(pyz, program)
+        os.chmod(program, 0o755)
+        shutil.copytree(rootfs, os.path.join(base, "rootfs"), symlinks=True)
+        os.chmod(os.path.join(base, "rootfs"), 0o755)     # runc starts init in the rootfs
+        bundle = os.path.join(base, "bundle")
+        state = os.path.join(base, "state")
+        for d in (bundle, state):
+            os.mkdir(d)
+            os.chown(d, ROOTLESS_UID, ROOTLESS_UID)
+        for name in ("hosts", "resolv.conf"):
+            path = os.path.join(bundle, name)
+            with open(path, "w") as f:
+                f.write("# %s\n" % name)
+            os.chown(path, ROOTLESS_UID, ROOTLESS_UID)
+
+        def as_user(argv, **kwargs):
+            def drop():
+                os.setgroups([])
+                os.setgid(ROOTLESS_UID)
+                os.setuid(ROOTLESS_UID)
+            # stdio the user owns: runc cannot fchown root's pipes.
+            out = tempfile.NamedTemporaryFile(dir=base, delete=False)
+            os.chown(out.name, ROOTLESS_UID, ROOTLESS_UID)
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": base, "OCI_INTERCEPTOR_CONFIG": ""}
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  preexec_fn=drop, env=env, cwd=bundle, timeout=60, **kwargs)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+            out.close()
+            return proc.returncode, text
+
+        code, text = as_user(["runc", "spec", "--rootless"])
+        assert code == 0, text
+        config_path = os.path.join(bundle, "config.json")
+        with open(config_path) as f:
+            spec = json.load(f)
+        spec["root"] = {"path": os.path.join(base, "rootfs"), "readonly": True}
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["sh", "-c", "env; echo x >> /etc/hosts; echo x >> /etc/resolv.conf; true"]
+        for name in ("hosts", "resolv.conf"):
+            spec["mounts"].append({"destination": "/etc/" + name, "type": "bind",
+                                   "source": os.path.join(bundle, name), "options": ["rbind", "rw"]})
+        with open(config_path, "w") as f:
+            json.dump(spec, f, indent="\t")
+        os.chown(config_path, ROOTLESS_UID, ROOTLESS_UID)
+        cid = new_id("oi-rootless")
+        code, text = as_user([program, "--oi-readonly-networking-mounts", "--oi-env-force", "WHO=rootless",
+                              "--oi-write-debug-output", "--root", state, "run", "--bundle", bundle, cid])
+        as_user(["runc", "--root", state, "delete", "--force", cid])
+        assert code == 0, text
+        lines = text.splitlines()
+        assert "WHO=rootless" in lines
+        assert "sh: can't create /etc/hosts: Read-only file system" in lines
+        assert "sh: can't create /etc/resolv.conf: Read-only file system" in lines
+        # The default debug directory is not writable for this user: a clear
+        # warning, the container still ran, no traceback.
+        assert lines[0].startswith("oci-interceptor: warning: no debug output: /var/log/oci-interceptor: ")
+        assert "Traceback" not in text
+        assert os.stat(config_path).st_uid == ROOTLESS_UID
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_containerd_reads_the_printed_runtime_handler(pyz, tmp_path):
+    """The snippet `--oi-register containerd` prints is valid containerd
+    configuration naming our binary (the CRI plugin is exercised through
+    ctr's --runc-binary in test_policy_runs)."""
+    need(shutil.which("containerd"), "containerd is not installed")
+    snippet = subprocess.run([pyz, "--oi-register", "containerd", "--oi-register-default"],
+                             stdout=subprocess.PIPE, check=True).stdout.decode()
+    config = tmp_path / "config.toml"
+    config.write_text('version = 2\nroot = "%s/root"\nstate = "%s/state"\n%s' % (tmp_path, tmp_path, snippet))
+    dumped = subprocess.run(["containerd", "--config", str(config), "config", "dump"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert dumped.returncode == 0, dumped.stderr
+    text = dumped.stdout.decode()
+    assert 'default_runtime_name = "oci-interceptor"' in text
+    assert 'BinaryName = "%s"' % pyz in text
