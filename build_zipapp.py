@@ -9,16 +9,25 @@ straight from the archive, which skips the interpreter's zipapp start-up
 file may carry any prefix, so `python3 oci-interceptor.pyz ...` works too,
 through the archive's __main__.py.
 
-The build is reproducible: the same sources give the same bytes (fixed entry
-order, timestamps and permissions).
+The archive carries the module's bytecode (an unchecked hash-based .pyc for
+the interpreter that builds it, PEP 552), so nothing is compiled at run time;
+any other interpreter version ignores that .pyc and compiles the source,
+which is in the archive too. Building with Python older than 3.7 (no
+hash-based .pyc) ships the source alone.
+
+The build is reproducible: the same sources and interpreter give the same
+bytes (fixed entry order, timestamps and permissions; the .pyc records a hash
+of the source, not a time).
 
 usage: python3 build_zipapp.py [--output PATH] [--python INTERPRETER]
 """
 
 import argparse
 import os
+import py_compile
 import stat
 import sys
+import tempfile
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,6 +55,20 @@ def module_version(source):
     raise SystemExit("build_zipapp: no __version__ in " + MODULE)
 
 
+def bytecode(source_path):
+    """The module's .pyc, or None where this Python cannot make a
+    hash-based one."""
+    mode = getattr(py_compile, "PycInvalidationMode", None)
+    if mode is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        target = os.path.join(tmp, "module.pyc")
+        py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,
+                           invalidation_mode=mode.UNCHECKED_HASH)
+        with open(target, "rb") as f:
+            return f.read()
+
+
 def shell_word(text):
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
@@ -58,15 +81,18 @@ def build(output, python):
         ("__main__.py", MAIN.encode("utf-8")),
         (MODULE, source),
     ]
+    pyc = bytecode(os.path.join(HERE, MODULE))
+    if pyc is not None:
+        entries.append((MODULE + "c", pyc))
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     temp = output + ".tmp"
     with open(temp, "wb") as f:
         f.write(PREAMBLE.format(version=version, python=shell_word(python)).encode("utf-8"))
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for name, data in sorted(entries):
                 info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = zipfile.ZIP_STORED
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3
                 archive.writestr(info, data)

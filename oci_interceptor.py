@@ -24,8 +24,26 @@ the functions that use them, so forwarding `state` or `start` costs little
 more than starting the interpreter.
 """
 
-import os
+import posix
 import sys
+
+
+class _LazyModule(object):
+    """A module imported on first use. `os` costs about a millisecond to
+    import (its collections.abc import, mostly); a passthrough call needs
+    only `posix`, which the interpreter has loaded already, so the few
+    functions on that path use posix and everything else uses os."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        module = __import__(self._name)
+        globals()[self._name] = module
+        return getattr(module, attribute)
+
+
+os = _LazyModule("os")
 
 __version__ = "0.3.0"
 
@@ -286,7 +304,7 @@ def adapt_drop_in(argv0, args):
     """Invoked as oci-add-hooks (a symlink), behave as it does: its
     `--hook-config-path X --runtime-path Y RUNTIME ARGS` are our aliases
     already; its lone `--version` is answered here."""
-    if os.path.basename(argv0 or "") == "oci-add-hooks" and args == ["--version"]:
+    if (argv0 or "").rpartition("/")[2] == "oci-add-hooks" and args == ["--version"]:
         return ["--oi-version"]
     return args
 
@@ -467,7 +485,9 @@ def _config_file_to_read(opts):
     """(path, explicit): the --oi-config file, else the default if any."""
     if opts.config is not None:
         return opts.config, True
-    default = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG)
+    default = getenv(CONFIG_ENV)
+    if default is None:
+        default = DEFAULT_CONFIG
     if not default:
         return None, False
     return default, False
@@ -995,21 +1015,35 @@ def _parse_command_options(call):
 def find_runtime(path):
     """Resolve the runtime to an executable file, or raise InterceptorError."""
     if "/" in path:
-        if os.path.isfile(path) and os.access(path, os.X_OK):
+        if _is_executable_file(path):
             return path
-        if os.path.exists(path):
-            raise InterceptorError("runtime %s is not an executable file" % _quote_for_message(path))
-        raise InterceptorError("runtime %s does not exist" % _quote_for_message(path))
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+        try:
+            posix.stat(path)
+        except OSError:
+            raise InterceptorError("runtime %s does not exist" % _quote_for_message(path))
+        raise InterceptorError("runtime %s is not an executable file" % _quote_for_message(path))
+    dirs = [d for d in (getenv("PATH") or "").split(":") if d]
     dirs += [d for d in FALLBACK_RUNTIME_DIRS if d not in dirs]
     for directory in dirs:
-        candidate = os.path.join(directory, path)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        candidate = directory.rstrip("/") + "/" + path
+        if _is_executable_file(candidate):
             return candidate
     raise InterceptorError("runtime %s not found on PATH or in %s"
                            % (_quote_for_message(path), ", ".join(FALLBACK_RUNTIME_DIRS)))
 
 
+def _is_executable_file(path):
+    try:
+        st = posix.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (st.st_mode & 0o170000) == 0o100000 and posix.access(path, posix.X_OK)
+
+
+def getenv(name):
+    """os.environ.get(name) without importing os."""
+    value = posix.environ.get(name.encode())
+    return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
 
 
 # ---------------------------------------------------------------------------
@@ -1589,13 +1623,61 @@ def _refuse_constant(name):
     raise ValueError("%s is not valid JSON" % name)
 
 
+class _ScanContext(object):
+    """The settings the standard library's C JSON scanner reads from a
+    decoder. Using the scanner directly parses exactly as json.loads does,
+    without importing the json package (and re, which it imports) on every
+    call: that import alone costs about half an interpreter start."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = staticmethod(_object_without_duplicates)
+    parse_float = RawNumber
+    parse_int = int
+    parse_constant = staticmethod(_refuse_constant)
+
+
+_scanner = None
+
+
+def _json_scanner():
+    global _scanner
+    if _scanner is None:
+        try:
+            from _json import make_scanner
+        except ImportError:  # pragma: no cover - interpreters without _json
+            from json.scanner import make_scanner
+        _scanner = make_scanner(_ScanContext())
+    return _scanner
+
+
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def parse_json(raw):
-    """Bytes -> a JSON value, or ValueError with a one-line reason."""
-    import json
+    """Bytes -> a JSON value, or ValueError with a one-line reason: the
+    same value and the same messages as json.loads."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError("invalid UTF-8 at byte %d" % exc.start)
+    start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
+    if not text.startswith("\ufeff"):
+        try:
+            value, end = _json_scanner()(text, start)
+        except RecursionError:
+            raise ValueError("nested too deeply")
+        except (StopIteration, SystemError):
+            pass        # not valid JSON: json.loads below says why
+        except ValueError as exc:
+            if not hasattr(exc, "lineno"):
+                raise   # ours: a duplicate key, NaN, Infinity
+        else:
+            if not text[end:].strip(_JSON_WHITESPACE):
+                return value
+    # Invalid JSON (the C scanner reports most errors only once the json
+    # package is loaded): let json.loads find the error and word it.
+    import json
     try:
         return json.loads(text, object_pairs_hook=_object_without_duplicates,
                           parse_float=RawNumber, parse_constant=_refuse_constant)
@@ -1643,7 +1725,7 @@ PRETTY = Layout("  ", ",", ": ", True)
 
 def serialize_config(spec, layout):
     """dict -> bytes, laid out as layout says; non-ASCII written as UTF-8."""
-    from json.encoder import encode_basestring, encode_basestring_ascii
+    encode_basestring, encode_basestring_ascii = _string_encoders()
     out = []
     _encode_value(spec, out, layout, 0, encode_basestring)
     if layout.final_newline:
@@ -1658,6 +1740,15 @@ def serialize_config(spec, layout):
         if layout.final_newline:
             out.append("\n")
         return "".join(out).encode("ascii")
+
+
+def _string_encoders():
+    try:
+        from _json import encode_basestring, encode_basestring_ascii
+    except ImportError:  # pragma: no cover - interpreters without _json
+        from json.encoder import py_encode_basestring as encode_basestring
+        from json.encoder import py_encode_basestring_ascii as encode_basestring_ascii
+    return encode_basestring, encode_basestring_ascii
 
 
 def _encode_value(value, out, layout, level, encode_string):
@@ -1878,26 +1969,26 @@ def read_config(path, follow_symlinks=False):
 
     A bundle's config.json that is a symlink is refused (we would replace the
     link, not its target); anything that is not a regular file is refused
-    too (a FIFO would block forever).
+    too (a FIFO would block forever). Uses posix only: a call that merely
+    looks for the default config file stays cheap.
     """
     import errno
-    import stat
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    flags = posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC
     if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
+        flags |= posix.O_NOFOLLOW
     try:
-        fd = os.open(path, flags)
+        fd = posix.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow_symlinks:
             raise ReadError("cannot read %s: it is a symlink; refusing to edit through it" % path)
         raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        st = posix.fstat(fd)
+        if (st.st_mode & 0o170000) != 0o100000:
             raise ReadError("cannot read %s: not a regular file" % path)
         chunks = []
         while True:
-            chunk = os.read(fd, 1 << 20)
+            chunk = posix.read(fd, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -1905,7 +1996,7 @@ def read_config(path, follow_symlinks=False):
     except OSError as exc:
         raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 _TEMP_MARK = ".oi-tmp-"
@@ -2057,10 +2148,10 @@ def _utc_timestamp(fraction=False):
 
 def format_log_line(message, log_format):
     """A line as runc itself writes to its --log file."""
-    import json
+    quoted = _string_encoders()[1](message)
     if log_format == "json":
-        return json.dumps({"level": "error", "msg": message, "time": _utc_timestamp()}) + "\n"
-    return 'time="%s" level=error msg=%s\n' % (_utc_timestamp(), json.dumps(message))
+        return '{"level":"error","msg":%s,"time":"%s"}\n' % (quoted, _utc_timestamp())
+    return 'time="%s" level=error msg=%s\n' % (_utc_timestamp(), quoted)
 
 
 def report_error(message, call):
@@ -2245,7 +2336,7 @@ def exec_runtime(runtime, runtime_args):
     except (OSError, ValueError):
         pass
     try:
-        os.execv(runtime, [runtime] + runtime_args)
+        posix.execv(runtime, [runtime] + runtime_args)
     except OSError as exc:
         raise InterceptorError("cannot execute runtime %s: %s" % (runtime, exc.strerror))
 

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Benchmarks of oci-interceptor's per-call cost (not a test: run it by hand).
+
+    python3 tests/benchmark.py [--pairs N] [--skip-docker] [--json FILE]
+
+Run as root on a host prepared by tests/prepare-host. It builds the .pyz,
+then measures, each pair of commands alternating (A B, B A, ...) so that
+drift in the machine's load falls on both sides alike, and reports medians:
+
+  (a) passthrough: `state ID` of a live container through the .pyz, against
+      runc itself and against a bare `python3 -I -S -c pass` (the floor of any
+      Python program); the figure is the overhead (.pyz - runc) / floor;
+  (b) create: a real Docker config.json (captured from a private dockerd's
+      own `docker run`) edited by a typical policy, /bin/true as the runtime,
+      against the floor;
+  (c) scale: configs with 1k, 10k, 50k env entries and 200, 2k, 10k mounts;
+  (d) end to end: `docker run --rm` of busybox `true` through the
+      interceptor (registered by path, policy in its config file) against
+      runc, on a private dockerd;
+  (e) peak memory (max RSS) of (b) and (c).
+
+Targets: (a) <= 1.25, (b) <= 2.0x the floor, (c) 10k env + 2k mounts under
+100 ms and linear growth, (d) <= 1.10x.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+import build_zipapp  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+
+
+def spawn(argv, env=None, before=None):
+    """Run argv with stdio on /dev/null; return (seconds, max RSS in KiB, which
+    for a child of this process is not argv's own: see peak_rss_kib)."""
+    if before:
+        before()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    start = time.perf_counter()
+    pid = os.posix_spawn(argv[0], argv, env if env is not None else os.environ,
+                         file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+                                       (os.POSIX_SPAWN_DUP2, devnull, 2)])
+    _, status, usage = os.wait4(pid, 0)
+    elapsed = time.perf_counter() - start
+    os.close(devnull)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError("failed: %s" % " ".join(argv))
+    return elapsed, usage.ru_maxrss
+
+
+def peak_rss_kib(argv, before=None, runs=3):
+    """Max RSS of argv, measured by GNU time (a small forked parent, so the
+    figure is argv's own, not this interpreter's)."""
+    peak = 0
+    with tempfile.NamedTemporaryFile("r") as out:
+        for _ in range(runs):
+            if before:
+                before()
+            subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out.name] + argv, check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out.seek(0)
+            peak = max(peak, int(out.read().split()[-1]))
+    return peak
+
+
+def alternate(sides, pairs, before=None):
+    """{name: argv}: run each side once per round, order rotating; medians."""
+    names = list(sides)
+    times = {name: [] for name in names}
+    rss = {name: [] for name in names}
+    for round_ in range(pairs):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        for name in order:
+            seconds, kib = spawn(sides[name], before=before.get(name) if before else None)
+            times[name].append(seconds)
+            rss[name].append(kib)
+    return ({name: statistics.median(values) for name, values in times.items()},
+            {name: max(values) for name, values in rss.items()})
+
+
+def ms(seconds):
+    return "%.2f ms" % (seconds * 1000)
+
+
+def busybox_rootfs(directory):
+    busybox = shutil.which("busybox")
+    os.makedirs(os.path.join(directory, "bin"))
+    for d in ("etc", "proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(directory, d))
+    shutil.copy2(busybox, os.path.join(directory, "bin", "busybox"))
+    for applet in subprocess.run([busybox, "--list"], stdout=subprocess.PIPE, check=True,
+                                 universal_newlines=True).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(directory, "bin", applet))
+    for name in ("hosts", "hostname", "resolv.conf"):
+        open(os.path.join(directory, "etc", name), "w").close()
+    return directory
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=200, help="rounds for (a), (b) (default 200)")
+    parser.add_argument("--docker-pairs", type=int, default=20, help="rounds for (d) (default 20)")
+    parser.add_argument("--skip-docker", action="store_true", help="skip (d); (b) then uses runc spec's config")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    os.environ["OCI_INTERCEPTOR_CONFIG"] = ""
+    work = tempfile.mkdtemp(prefix="oi-bench-")
+    results = {"machine": "%s, %d cores, %s, Python %s" % (
+        platform.machine(), os.cpu_count(), platform.release(), platform.python_version())}
+    try:
+        pyz = build_zipapp.build(os.path.join(work, "oci-interceptor.pyz"), PYTHON)
+        runc = shutil.which("runc")
+        rootfs = busybox_rootfs(os.path.join(work, "rootfs"))
+        floor = [PYTHON, "-I", "-S", "-c", "pass"]
+
+        # (a) passthrough
+        bundle = os.path.join(work, "bundle")
+        os.makedirs(bundle)
+        subprocess.run([runc, "spec", "--bundle", bundle], check=True)
+        with open(os.path.join(bundle, "config.json")) as f:
+            spec = json.load(f)
+        spec["root"] = {"path": rootfs, "readonly": True}
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = ["sleep", "1000"]
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(spec, f)
+        state = os.path.join(work, "state")
+        cid = "oi-bench-%d" % os.getpid()
+        with open(os.devnull, "w") as null:
+            subprocess.run([runc, "--root", state, "run", "-d", "--bundle", bundle, cid],
+                           stdin=subprocess.DEVNULL, stdout=null, stderr=null, check=True)
+        try:
+            medians, _ = alternate({
+                "pyz": [pyz, "--root", state, "state", cid],
+                "runc": [runc, "--root", state, "state", cid],
+                "floor": floor,
+            }, args.pairs)
+        finally:
+            subprocess.run([runc, "--root", state, "delete", "--force", cid])
+        overhead = medians["pyz"] - medians["runc"]
+        results["a"] = {"pyz": medians["pyz"], "runc": medians["runc"], "floor": medians["floor"],
+                        "overhead": overhead, "overhead_vs_floor": overhead / medians["floor"]}
+        print("(a) passthrough `state`: .pyz %s, runc %s, floor %s -> overhead %s = %.2f x floor (target <= 1.25)"
+              % (ms(medians["pyz"]), ms(medians["runc"]), ms(medians["floor"]), ms(overhead),
+                 overhead / medians["floor"]))
+
+        # A docker config.json, captured from a real `docker run` (d needs the daemon too).
+        docker = None
+        docker_config = None
+        if not args.skip_docker:
+            import engines
+            import images
+            capture = os.path.join(work, "capture")
+            tar = images.rootfs_tarball(rootfs, os.path.join(work, "rootfs.tar"))
+            docker = engines.Docker({"runtimes": {
+                "oi": {"path": pyz},
+                "oi-capture": {"path": pyz, "runtimeArgs": ["--oi-write-debug-output",
+                                                            "--oi-debug-output-dir=" + capture]}}}, tar)
+            # (d) runs with a real policy from the config file, as deployed.
+            docker.write_policy({"version": 1, "readonly-networking-mounts": True, "env": ["TZ=UTC"],
+                                 "env-force": ["HTTP_PROXY=http://proxy:3128"]})
+        try:
+            if docker is not None:
+                docker.run("--runtime", "oi-capture", "--hostname", "captured", docker.image, "true")
+                docker_config = os.path.join(capture, "captured_original.json")
+            else:
+                docker_config = os.path.join(bundle, "config.json")
+            with open(docker_config, "rb") as f:
+                pristine = f.read()
+
+            # (b) create with a typical policy, /bin/true as the runtime
+            target = os.path.join(work, "create")
+            os.makedirs(target)
+            config_path = os.path.join(target, "config.json")
+
+            def restore(data=pristine):
+                with open(config_path, "wb") as f:
+                    f.write(data)
+            policy = ["--oi-runtime-path", "/bin/true", "--oi-readonly-networking-mounts",
+                      "--oi-env", "TZ=UTC", "--oi-env-force", "HTTP_PROXY=http://proxy:3128"]
+            create = [pyz] + policy + ["create", "--bundle", target, "bench"]
+            medians, _ = alternate({"create": create, "floor": floor}, args.pairs, before={"create": restore})
+            rss = {"create": peak_rss_kib(create, restore), "floor": peak_rss_kib(floor)}
+            results["b"] = {"create": medians["create"], "floor": medians["floor"],
+                            "ratio": medians["create"] / medians["floor"], "max_rss_kib": rss["create"],
+                            "floor_max_rss_kib": rss["floor"], "config_bytes": len(pristine)}
+            print("(b) create (Docker config, %d bytes): %s, floor %s -> %.2f x floor (target <= 2.0); "
+                  "max RSS %d KiB (floor %d KiB)" % (len(pristine), ms(medians["create"]), ms(medians["floor"]),
+                                                      medians["create"] / medians["floor"], rss["create"],
+                                                      rss["floor"]))
+
+            # (c) scale
+            base = json.loads(pristine.decode())
+            results["c"] = []
+            for env_count, mount_count in ((1000, 200), (10000, 2000), (50000, 10000)):
+                big = json.loads(json.dumps(base))
+                big["process"]["env"] = ["VAR_%d=value-%d" % (i, i) for i in range(env_count)]
+                big["mounts"] = [{"destination": "/data/%d" % i, "type": "bind", "source": "/srv/%d" % i,
+                                  "options": ["rbind", "rw"]} for i in range(mount_count - 3)] + [
+                    {"destination": d, "type": "bind", "source": "/x" + d, "options": ["rbind", "rw"]}
+                    for d in ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")]
+                data = json.dumps(big).encode()
+                rounds = max(5, args.pairs // 10)
+                medians, _ = alternate({"create": create, "floor": floor}, rounds,
+                                       before={"create": lambda data=data: restore(data)})
+                rss = {"create": peak_rss_kib(create, lambda data=data: restore(data))}
+                row = {"env": env_count, "mounts": mount_count, "bytes": len(data), "seconds": medians["create"],
+                       "above_floor": medians["create"] - medians["floor"], "max_rss_kib": rss["create"]}
+                results["c"].append(row)
+                print("(c) %6d env + %5d mounts (%5.1f MB): %s (%s above the floor), max RSS %d KiB"
+                      % (env_count, mount_count, len(data) / 1e6, ms(medians["create"]),
+                         ms(row["above_floor"]), rss["create"]))
+
+            # (d) docker run --rm through the interceptor vs runc
+            if docker is not None:
+                def docker_run(runtime):
+                    return ["/usr/bin/env", "DOCKER_HOST=unix://" + docker.socket,
+                            "DOCKER_CONFIG=" + os.path.join(docker.base, "cli"), shutil.which("docker"),
+                            "run", "--rm", "--network", "none", "--runtime", runtime, docker.image, "true"]
+                medians, _ = alternate({"interceptor": docker_run("oi"), "runc": docker_run("runc")},
+                                       args.docker_pairs)
+                results["d"] = {"interceptor": medians["interceptor"], "runc": medians["runc"],
+                                "ratio": medians["interceptor"] / medians["runc"]}
+                print("(d) docker run --rm true: interceptor %s, runc %s -> %.3f x (target <= 1.10)"
+                      % (ms(medians["interceptor"]), ms(medians["runc"]), medians["interceptor"] / medians["runc"]))
+        finally:
+            if docker is not None:
+                docker.stop()
+        print("machine: " + results["machine"])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

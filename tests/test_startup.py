@@ -1,0 +1,87 @@
+"""How the program starts: the .pyz is reproducible and carries bytecode,
+and a passthrough call loads nothing it does not need. (Timings live in
+tests/benchmark.py, not here.)"""
+
+import os
+import subprocess
+import zipfile
+
+import build_zipapp
+from conftest import SYSTEM_PYTHON
+
+PROBE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import posix
+before = set(sys.modules)
+import oci_interceptor as m
+def fake_execv(path, argv):
+    loaded = sorted(set(sys.modules) - before - {"oci_interceptor"})
+    print(m.__file__)
+    print(" ".join(loaded))
+    sys.exit(0)
+posix.execv = fake_execv
+m.main("oci-interceptor", sys.argv[2:])
+"""
+
+
+def probe(archive, *args, env=None):
+    environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
+    environ.update(env or {})
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive] + list(args), env=environ,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
+    module_file, loaded = out.stdout.splitlines()
+    return module_file, set(loaded.split())
+
+
+def test_passthrough_loads_no_json_re_or_os(pyz):
+    module_file, loaded = probe(pyz, "--oi-runtime-path", "/bin/true", "--root", "/r", "state", "x")
+    assert module_file.endswith(".pyz/oci_interceptor.pyc")       # bytecode, not compiled now
+    assert not loaded & {"json", "re", "os", "argparse", "json.decoder", "fcntl"}, loaded
+
+
+def test_create_loads_no_json_or_re(pyz, tmp_path):
+    (tmp_path / "config.json").write_text('{"process": {"env": []}, "mounts": []}')
+    _, loaded = probe(pyz, "--oi-runtime-path", "/bin/true", "--oi-env", "A=1", "--oi-readonly-networking-mounts",
+                      "create", "--bundle", str(tmp_path), "x")
+    assert not loaded & {"json", "re", "argparse"}, loaded
+    assert (tmp_path / "config.json").read_text() == '{"process": {"env": ["A=1"]}, "mounts": []}'
+
+
+def test_build_is_reproducible(tmp_path):
+    a = build_zipapp.build(str(tmp_path / "a.pyz"), SYSTEM_PYTHON)
+    b = build_zipapp.build(str(tmp_path / "b.pyz"), SYSTEM_PYTHON)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read()
+    with zipfile.ZipFile(a) as archive:
+        infos = archive.infolist()
+    assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+    assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+    assert {i.external_attr >> 16 for i in infos} == {0o100644}
+    assert os.stat(a).st_mode & 0o777 == 0o755
+
+
+def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
+    """A .pyc for another Python version (another magic number) is ignored
+    and the source in the archive is compiled instead."""
+    other = str(tmp_path / "other.pyz")
+    with open(pyz, "rb") as f:
+        data = bytearray(f.read())
+    with zipfile.ZipFile(pyz) as archive:
+        pyc = archive.read("oci_interceptor.pyc")
+    offset = data.find(pyc)
+    data[offset:offset + 2] = b"\x00\x00"         # no Python has magic 0
+    with open(other, "wb") as f:
+        f.write(data)
+    os.chmod(other, 0o755)
+    module_file, _ = probe(other, "--oi-runtime-path", "/bin/true", "state", "x")
+    assert module_file.endswith(".pyz/oci_interceptor.py")
+    result = subprocess.run([other, "--oi-version"], stdout=subprocess.PIPE, check=True)
+    assert result.stdout.startswith(b"oci-interceptor ")
+
+
+def test_version_is_defined_once():
+    with open(os.path.join(build_zipapp.HERE, build_zipapp.MODULE)) as f:
+        source = f.read()
+    assert source.count("__version__ = ") == 1
+    assert build_zipapp.module_version(source)
