@@ -127,6 +127,14 @@ def _check_not_empty(flag, value):
         raise UsageError("%s: the value is empty" % flag)
 
 
+SYSTEMD_MODES = ("off", "auto", "always")
+
+
+def _check_systemd_mode(flag, value):
+    if value not in SYSTEMD_MODES:
+        raise UsageError("%s %s: expected one of %s" % (flag, _quote_for_message(value), ", ".join(SYSTEMD_MODES)))
+
+
 ENGINES = ("docker", "podman", "containerd")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -153,6 +161,13 @@ FLAGS = (
          check=_check_env_assignment,
          help="Set an environment variable, replacing the container's own value. "
               "Repeatable; applied after --oi-env."),
+    Flag("--oi-systemd", "value", "systemd", metavar="MODE", key="systemd", check=_check_systemd_mode,
+         help="Run systemd containers without --privileged: off (default), auto (containers "
+              "whose command is /sbin/init, /usr/sbin/init, /usr/local/sbin/init or .../systemd, as "
+              "Podman decides) or always. Adds tmpfs mounts, the container env systemd expects, a "
+              "cgroup namespace with a writable view of the container's own cgroup only, and halts "
+              "such a container cleanly on SIGTERM. A container turns it off with the env "
+              "OCI_INTERCEPTOR_SYSTEMD=off (or oci-systemd-hook=disabled)."),
     Flag("--oi-config", "value", "config", metavar="FILE", check=_check_not_empty,
          help="Read policy from this JSON file instead of %s (which is read only "
               "if it exists; $%s names another default)." % (DEFAULT_CONFIG, CONFIG_ENV)),
@@ -417,6 +432,11 @@ class Policy(object):
         self.rules = []
         self.files = []             # every policy file read, in order
 
+    @property
+    def uses_systemd(self):
+        """Can any rule put a container in systemd mode?"""
+        return any(rule.actions.get("systemd", "off") != "off" for rule in self.rules)
+
 
 _SETTING_KEYS = {
     # key: (validator, merge) -- merge is "list" (add up) or "value" (replace)
@@ -428,6 +448,7 @@ _SETTING_KEYS = {
     "hooks-dir": ("_valid_path_list", "list"),
     "write-debug-output": ("_valid_bool", "value"),
     "debug-output-dir": ("_valid_nonempty_string", "value"),
+    "systemd": ("_valid_systemd_mode", "value"),
 }
 
 
@@ -468,6 +489,8 @@ def load_policy(opts, argv0, with_hooks=True):
     for key in ("env", "env-force", "readonly-networking-mounts"):
         if settings.get(key):
             global_actions[key] = settings[key]
+    if settings.get("systemd", "off") != "off":
+        global_actions["systemd"] = settings["systemd"]
     if global_actions:
         policy.rules.append(Rule("(global)", None, global_actions, "flags and config"))
     if with_hooks:
@@ -665,6 +688,12 @@ def _valid_bool(value):
 def _valid_nonempty_string(value):
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty string, found %s" % _json_text(value))
+    return value
+
+
+def _valid_systemd_mode(value):
+    if value not in SYSTEMD_MODES:
+        raise ValueError("expected one of %s, found %s" % (", ".join(SYSTEMD_MODES), _json_text(value)))
     return value
 
 
@@ -1435,6 +1464,252 @@ def edit_annotations(spec, annotations):
     return changes
 
 
+# systemd as PID 1 needs, without --privileged (what oci-systemd-hook did
+# from a prestart hook, and Podman does with --systemd):
+#   - tmpfs at /run and /run/lock (Debian's systemd treats a failed /run/lock
+#     mount as fatal), /tmp and /var/log/journal, and /var/lib/systemd when
+#     the root is read-only (logind needs it);
+#   - container=oci (else systemd believes it runs in a VM) and container_uuid;
+#   - its own cgroup, writable, in a cgroup namespace: on cgroup v1 the
+#     container's name=systemd subtree bind-mounted at /sys/fs/cgroup/systemd,
+#     on v2 the /sys/fs/cgroup mount read-write. The host's tree is never
+#     made writable.
+# No capability or privilege is added.
+
+SYSTEMD_INIT_COMMANDS = ("/sbin/init", "/usr/sbin/init", "/usr/local/sbin/init")
+SYSTEMD_ANNOTATION = "oci-interceptor.systemd"
+SYSTEMD_SWITCH = "OCI_INTERCEPTOR_SYSTEMD"
+SYSTEMD_TMPFS = (
+    ("/run", ["nosuid", "nodev", "strictatime", "mode=755", "size=65536k"]),
+    ("/run/lock", ["nosuid", "nodev", "noexec", "mode=1777", "size=5120k"]),
+    ("/tmp", ["nosuid", "nodev", "mode=1777"]),
+    ("/var/log/journal", ["nosuid", "nodev", "mode=2755"]),
+)
+SYSTEMD_READONLY_ROOT_TMPFS = (("/var/lib/systemd", ["nosuid", "nodev", "mode=755"]),)
+SIGRTMIN_PLUS_3 = "37"     # what systemd halts on (glibc's SIGRTMIN is 34)
+
+
+class EditContext(object):
+    """Facts an edit may need beyond the spec: the container id, and the
+    host's cgroup version (read from /proc/self/mountinfo on first use)."""
+
+    def __init__(self, container_id=None, cgroup_version=None):
+        self.container_id = container_id
+        self._cgroup_version = cgroup_version
+
+    @property
+    def cgroup_version(self):
+        if self._cgroup_version is None:
+            self._cgroup_version = host_cgroup_version()
+        return self._cgroup_version
+
+
+def host_cgroup_version():
+    """2 when /sys/fs/cgroup is the unified hierarchy, else 1 (legacy or hybrid)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split(" - ", 1)
+                if len(fields) == 2 and fields[0].split()[4] == "/sys/fs/cgroup":
+                    return 2 if fields[1].split()[0] == "cgroup2" else 1
+    except OSError:
+        pass
+    return 1
+
+
+def is_systemd_command(spec):
+    """Podman's test: process.args[0] (after a leading `/bin/sh -c`) is an
+    init path or ends in /systemd."""
+    process = spec.get("process")
+    args = process.get("args") if isinstance(process, dict) else None
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        return False
+    if len(args) > 2 and args[0] == "/bin/sh" and args[1] == "-c":
+        args = args[2:]
+    return args[0] in SYSTEMD_INIT_COMMANDS or args[0].rpartition("/")[2] == "systemd"
+
+
+def systemd_disabled_by_container(spec):
+    env = _env_values(spec)
+    return (env.get("oci-systemd-hook", "").lower() == "disabled"
+            or env.get(SYSTEMD_SWITCH, "").lower() in ("off", "disabled", "false", "0", "no"))
+
+
+def systemd_cgroup_path(cgroups_path, container_id):
+    """The container's cgroup, relative to a hierarchy's root, from
+    linux.cgroupsPath: cgroupfs style ("/docker/ID", "ID") or systemd style
+    ("system.slice:docker:ID" -> "/system.slice/docker-ID.scope")."""
+    if not cgroups_path:
+        return "/" + (container_id or "")
+    if ":" in cgroups_path and not cgroups_path.startswith("/"):
+        slice_, prefix, name = (cgroups_path.split(":", 2) + ["", ""])[:3]
+        unit = name if name.endswith(".slice") else "%s-%s.scope" % (prefix, name) if prefix else name + ".scope"
+        return _expand_slice(slice_ or "-.slice") + "/" + unit
+    return "/" + cgroups_path.strip("/")
+
+
+def _expand_slice(slice_):
+    """"a-b-c.slice" -> "/a.slice/a-b.slice/a-b-c.slice"; "-.slice" -> ""."""
+    if slice_ in ("", "-.slice"):
+        return ""
+    name = slice_[:-len(".slice")] if slice_.endswith(".slice") else slice_
+    parts = name.split("-")
+    return "".join("/" + "-".join(parts[:i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def edit_systemd(spec, mode, context):
+    """systemd / --oi-systemd: auto, always or off (see above)."""
+    if mode == "off" or systemd_disabled_by_container(spec):
+        return []
+    if mode == "auto" and not is_systemd_command(spec):
+        return []
+    if "mounts" not in spec or spec["mounts"] is None:
+        spec["mounts"] = []
+    mounts = _get_list(spec, "mounts")
+    changes = _systemd_cgroups(spec, mounts, context)
+    present = {_mount_destination(mounts, i) for i in range(len(mounts))}
+    tmpfs = SYSTEMD_TMPFS
+    root = spec.get("root")
+    if isinstance(root, dict) and root.get("readonly") is True:
+        tmpfs += SYSTEMD_READONLY_ROOT_TMPFS
+    for destination, options in tmpfs:
+        if destination not in present:
+            mount = {"destination": destination, "type": "tmpfs", "source": "tmpfs", "options": list(options)}
+            position = _insert_mount(mounts, mount)
+            changes.append("mounts[%d] (%s): added tmpfs" % (position, destination))
+    env_changes = _set_env(spec, ["container=oci", "container_uuid=" + _container_uuid(context.container_id)],
+                           force=False)
+    changes.extend(env_changes)
+    changes.extend(edit_annotations(spec, {SYSTEMD_ANNOTATION: "true"}))
+    return changes
+
+
+def _container_uuid(container_id):
+    """32 hex digits, as systemd reads container_uuid: a hex container id's
+    first 32, else a digest of the id."""
+    cid = container_id or ""
+    if len(cid) >= 32 and all(c in "0123456789abcdef" for c in cid[:32]):
+        return cid[:32]
+    import hashlib
+    return hashlib.sha256(cid.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _systemd_cgroups(spec, mounts, context):
+    changes = []
+    linux = spec.get("linux")
+    if linux is None:
+        linux = spec["linux"] = {}
+    if not isinstance(linux, dict):
+        raise InterceptorError("linux is not an object")
+    namespaces = linux.get("namespaces")
+    if namespaces is None:
+        namespaces = linux["namespaces"] = []
+    if not isinstance(namespaces, list):
+        raise InterceptorError("linux.namespaces is not a list")
+    if not any(isinstance(n, dict) and n.get("type") == "cgroup" for n in namespaces):
+        namespaces.append({"type": "cgroup"})
+        changes.append("linux.namespaces: added cgroup")
+    cgroup_index = None
+    for index in range(len(mounts)):
+        if _mount_destination(mounts, index) == "/sys/fs/cgroup":
+            cgroup_index = index
+    if cgroup_index is None:
+        mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                       "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
+        cgroup_index = len(mounts) - 1
+        changes.append("mounts[%d] (/sys/fs/cgroup): added cgroup" % cgroup_index)
+    if context.cgroup_version == 2:
+        # In its own cgroup namespace the container sees only its own subtree.
+        mount = mounts[cgroup_index]
+        options = [o for o in (mount.get("options") or []) if o not in ("ro", "rw")] + ["rw"]
+        if mount.get("options") != options:
+            mount["options"] = options
+            changes.append("mounts[%d] (/sys/fs/cgroup): read-write (cgroup v2, own namespace)" % cgroup_index)
+        return changes
+    if "/sys/fs/cgroup/systemd" in {_mount_destination(mounts, i) for i in range(len(mounts))}:
+        return changes
+    cgroups_path = linux.get("cgroupsPath")
+    path = systemd_cgroup_path(cgroups_path if isinstance(cgroups_path, str) else None, context.container_id)
+    mounts.insert(cgroup_index + 1, {"destination": "/sys/fs/cgroup/systemd", "type": "bind",
+                                     "source": "/sys/fs/cgroup/systemd" + path,
+                                     "options": ["rbind", "rw", "nosuid", "noexec", "nodev"]})
+    changes.append("mounts[%d] (/sys/fs/cgroup/systemd): own name=systemd cgroup %s, read-write"
+                   % (cgroup_index + 1, path))
+    return changes
+
+
+def _insert_mount(mounts, mount):
+    """Insert before the first mount nested under it, else at the end;
+    return the position."""
+    destination = _clean_path(mount["destination"])
+    position = len(mounts)
+    for index in range(len(mounts)):
+        if _is_under(_mount_destination(mounts, index), destination):
+            position = index
+            break
+    mounts.insert(position, mount)
+    return position
+
+
+TERM_SIGNALS = ("TERM", "SIGTERM", "15")
+
+
+def systemd_kill_args(call, runtime, runtime_args):
+    """`kill ID TERM` (SIGTERM, 15, or no signal: runc's default) of a
+    container created in systemd mode becomes `kill ID 37`: systemd as PID 1
+    answers SIGTERM by re-executing itself and keeps running, while
+    SIGRTMIN+3 halts it cleanly. Other signals and containers pass through."""
+    args = call.command_args
+    positional = [i for i, a in enumerate(args) if not a.startswith("-")]
+    if not positional:
+        return runtime_args
+    signal_index = positional[1] if len(positional) > 1 else None
+    signal = args[signal_index] if signal_index is not None else "TERM"
+    if signal.upper() not in TERM_SIGNALS:
+        return runtime_args
+    global_args = runtime_args[:len(runtime_args) - len(args) - 1]
+    if not created_in_systemd_mode(runtime, global_args, args[positional[0]]):
+        return runtime_args
+    new_args = list(args)
+    if signal_index is None:
+        new_args.append(SIGRTMIN_PLUS_3)
+    else:
+        new_args[signal_index] = SIGRTMIN_PLUS_3
+    return global_args + [call.command] + new_args
+
+
+def created_in_systemd_mode(runtime, global_args, container_id):
+    """Does the container's config carry our systemd mark? Asked of the
+    runtime (`state` gives the annotations, or the bundle to read them from)."""
+    import subprocess
+    keep, skip = [], False
+    for arg in global_args:       # no --log: a failed lookup must not log an error
+        if skip:
+            skip = False
+            continue
+        name = arg.lstrip("-").partition("=")[0]
+        if name in ("log", "l", "log-format"):
+            skip = "=" not in arg
+            continue
+        keep.append(arg)
+    try:
+        result = subprocess.run([runtime] + keep + ["state", container_id], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+        state = parse_json(result.stdout) if result.returncode == 0 else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    if not isinstance(state, dict):
+        return False
+    annotations = state.get("annotations")
+    if not isinstance(annotations, dict) and isinstance(state.get("bundle"), str):
+        try:
+            spec = parse_json(read_config(state["bundle"] + "/config.json", follow_symlinks=True)[0])
+            annotations = spec.get("annotations") if isinstance(spec, dict) else None
+        except (InterceptorError, ValueError):
+            return False
+    return isinstance(annotations, dict) and annotations.get(SYSTEMD_ANNOTATION) == "true"
+
+
 def edit_merge_patch(spec, patch):
     """RFC 7386 JSON merge patch over the whole config."""
     changes = []
@@ -1478,13 +1753,15 @@ def edit_json_patch(spec, operations):
 
 
 class Action(object):
-    """A key a rule may have: how its value is checked, which edit applies it."""
+    """A key a rule may have: how its value is checked, which edit applies
+    it, and whether the edit needs the EditContext too."""
 
-    def __init__(self, key, validate, edit, help):
+    def __init__(self, key, validate, edit, help, uses_context=False):
         self.key = key
         self.validate = validate
         self.edit = edit
         self.help = help
+        self.uses_context = uses_context
 
 
 # The pipeline: within a rule, actions apply in this order.
@@ -1510,6 +1787,9 @@ ACTIONS = (
     Action("hooks", _valid_hooks, edit_hooks,
            "{STAGE: [HOOK, ...]}: add hooks at the end of their stage. A hook already "
            "present is never added twice."),
+    Action("systemd", _valid_systemd_mode, edit_systemd,
+           "\"auto\", \"always\" or \"off\": as --oi-systemd, for the containers the rule selects.",
+           uses_context=True),
     Action("annotations", _valid_annotations, edit_annotations,
            "{KEY: VALUE, ...}: set annotations; null removes one."),
     Action("merge-patch", _valid_merge_patch, edit_merge_patch,
@@ -1526,17 +1806,22 @@ def matching_rules(spec, policy):
     return [rule for rule in policy.rules if condition_matches(rule.when, spec)]
 
 
-def apply_rules(spec, rules):
+def apply_rules(spec, rules, context=None):
     """Apply each rule's actions in pipeline order; return the changes, each
     prefixed with the rule's name."""
     if not isinstance(spec, dict):
         raise InterceptorError("the config is not a JSON object")
+    context = context or EditContext()
     changes = []
     for rule in rules:
         for action in ACTIONS:
             if action.key in rule.actions:
+                value = rule.actions[action.key]
                 try:
-                    done = action.edit(spec, rule.actions[action.key])
+                    if action.uses_context:
+                        done = action.edit(spec, value, context)
+                    else:
+                        done = action.edit(spec, value)
                 except InterceptorError as exc:
                     raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
                 changes.extend("%s: %s" % (rule.name, change) for change in done)
@@ -2095,7 +2380,7 @@ def plan_edit(call, policy):
     spec = parse_config(raw, path)
     parsed = serialize_config(spec, PRETTY)
     rules = matching_rules(spec, policy)
-    changes = apply_rules(spec, rules)
+    changes = apply_rules(spec, rules, EditContext(call.container_id))
     new_raw = None
     if changes:
         new_raw = serialize_config(spec, Layout.of(raw))
@@ -2535,6 +2820,8 @@ def run(argv0, args):
             return 0
         if call.edits_config:
             edit_bundle(call, policy)
+        elif call.command == "kill" and policy.uses_systemd:
+            runtime_args = systemd_kill_args(call, runtime, runtime_args)
         if policy.write_debug_output:
             log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
         exec_runtime(runtime, runtime_args)
