@@ -250,8 +250,9 @@ def run(entry, args, fake=None, env=None, **kwargs):
     if fake is not None:
         environ["FAKE_RUNTIME_OUT"] = fake.out
     environ.update(env or {})
+    kwargs.setdefault("timeout", 60)
     return subprocess.run(list(entry) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=environ, timeout=60, **kwargs)
+                          env=environ, **kwargs)
 
 
 @pytest.fixture(scope="session")
