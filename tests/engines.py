@@ -256,3 +256,146 @@ class Podman(object):
     def stop(self):
         self.podman("rm", "--all", "--force", "--time", "0", timeout=120)
         self.residue.clean()
+
+
+CRI_PLUGIN = '[plugins."io.containerd.grpc.v1.cri"]'
+
+
+class ContainerdCRI(object):
+    """A private containerd with its CRI plugin, the interceptor registered
+    as a runtime handler from the snippet `--oi-register containerd` prints,
+    and a minimal gRPC CRI client (stubs generated from tests/cri at start).
+    Pods run with host networking (no CNI) and their cgroups under a parent
+    of their own."""
+
+    HANDLER = "oci-interceptor"
+
+    def __init__(self, base, handler_snippet, images_to_import, sandbox_image, pod_annotations=()):
+        self.base = str(base)
+        self.socket = os.path.join(self.base, "containerd.sock")
+        self.policy_path = os.path.join(self.base, "policy.json")
+        self.log_dir = os.path.join(self.base, "pods")
+        self.cgroup_parent = "oi-cri-%d" % os.getpid()
+        self.residue = HostResidue(extra_cgroups=(self.cgroup_parent,))
+        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(os.path.join(self.base, "cni"), exist_ok=True)
+        snippet = handler_snippet
+        snippet = snippet.replace(
+            "%s.containerd]\n" % CRI_PLUGIN[:-1], '%s.containerd]\n  snapshotter = "native"\n' % CRI_PLUGIN[:-1], 1)
+        snippet = snippet.replace(
+            '  runtime_type = "io.containerd.runc.v2"\n',
+            '  runtime_type = "io.containerd.runc.v2"\n  pod_annotations = %s\n' % json.dumps(list(pod_annotations)), 1)
+        snippet = snippet.replace("    BinaryName = ", '    Root = "%s/runc"\n    BinaryName = ' % self.base, 1)
+        config = os.path.join(self.base, "config.toml")
+        with open(config, "w") as f:
+            f.write('version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
+                    '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
+                    '[debug]\n  address = "%s/debug.sock"\n'
+                    '%s\n  sandbox_image = "%s"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n'
+                    '  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "%s/cni"\n    conf_dir = "%s/cni"\n'
+                    '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+                    '    runtime_type = "io.containerd.runc.v2"\n'
+                    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+                    '      Root = "%s/runc"\n'
+                    % (self.base, self.base, self.socket, self.socket, self.base, CRI_PLUGIN, sandbox_image,
+                       self.base, self.base, self.base))
+            f.write(snippet)
+        self.config_path = config
+        self.log = open(os.path.join(self.base, "containerd.log"), "wb")
+        env = dict(os.environ)
+        env[POLICY_ENV] = self.policy_path
+        self.process = subprocess.Popen(["containerd", "--config", config], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 30
+        while self.ctr("version").returncode != 0:
+            if time.time() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError("containerd did not start")
+            time.sleep(0.2)
+        for tar in images_to_import:
+            imported = self.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "native", tar)
+            if imported.returncode != 0:
+                self.stop()
+                raise RuntimeError("ctr images import failed: " + imported.stderr.decode())
+        self._connect()
+
+    def _connect(self):
+        import sys
+        import grpc
+        from grpc_tools import protoc
+        out = os.path.join(self.base, "stubs")
+        os.makedirs(out, exist_ok=True)
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cri")
+        if protoc.main(["protoc", "-I" + here, "--python_out=" + out, "--grpc_python_out=" + out,
+                        os.path.join(here, "runtime_v1_subset.proto")]) != 0:
+            raise RuntimeError("protoc failed")
+        sys.path.insert(0, out)
+        import runtime_v1_subset_pb2 as pb
+        import runtime_v1_subset_pb2_grpc as pb_grpc
+        self.pb = pb
+        self.channel = grpc.insecure_channel("unix://" + self.socket)
+        self.cri = pb_grpc.RuntimeServiceStub(self.channel)
+
+    def ctr(self, *args, **kwargs):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("timeout", 120)
+        return subprocess.run(["ctr", "-a", self.socket] + list(args), **kwargs)
+
+    def write_policy(self, data):
+        write_policy(self.policy_path, data)
+
+    def sandbox_config(self, name, namespace="default", annotations=None):
+        pb = self.pb
+        uid = "%s-%s-%d" % (namespace, name, int(time.time() * 1000))
+        return pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace=namespace),
+            log_directory=os.path.join(self.log_dir, uid), annotations=annotations or {},
+            linux=pb.LinuxPodSandboxConfig(
+                cgroup_parent="/" + self.cgroup_parent,
+                security_context=pb.LinuxSandboxSecurityContext(
+                    namespace_options=pb.NamespaceOption(network=pb.NODE))))
+
+    def run_pod(self, config, handler=HANDLER):
+        return self.cri.RunPodSandbox(self.pb.RunPodSandboxRequest(config=config, runtime_handler=handler),
+                                      timeout=60).pod_sandbox_id
+
+    def create_container(self, pod_id, sandbox_config, name, image, command, envs=(), mounts=()):
+        pb = self.pb
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image), command=list(command),
+            envs=[pb.KeyValue(key=k, value=v) for k, v in envs],
+            mounts=[pb.Mount(container_path=c, host_path=h) for c, h in mounts], log_path=name + ".log",
+            linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER))))
+        return self.cri.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=sandbox_config), timeout=60).container_id
+
+    def wait_exited(self, container_id, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.cri.ContainerStatus(self.pb.ContainerStatusRequest(container_id=container_id),
+                                              timeout=30).status
+            if status.state == self.pb.CONTAINER_EXITED:
+                return status
+            time.sleep(0.1)
+        raise RuntimeError("container %s did not exit" % container_id)
+
+    def bundle_config(self, container_id):
+        path = os.path.join(self.base, "state", "io.containerd.runtime.v2.task", "k8s.io", container_id,
+                            "config.json")
+        with open(path) as f:
+            return json.load(f)
+
+    def remove_pod(self, pod_id):
+        pb = self.pb
+        self.cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+        self.cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+    def stop(self):
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.close()
+        stop_process(self.process)
+        self.log.close()
+        self.residue.clean()
