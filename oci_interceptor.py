@@ -2363,22 +2363,25 @@ def _process_exists(pid):
 
 
 class EditResult(object):
-    def __init__(self, path, raw, spec, rules, changes, new_raw, parsed):
+    def __init__(self, path, raw, stat, spec, rules, changes, new_raw, parsed):
         self.path = path
         self.raw = raw              # the config as read
+        self.stat = stat            # its os.stat_result
         self.spec = spec            # after the edits
         self.rules = rules          # the rules that matched
         self.changes = changes
         self.new_raw = new_raw      # what is (or would be) written; None: unchanged
-        self.parsed = parsed        # PRETTY form before edits
+        self.parsed = parsed        # PRETTY form before edits, when asked for
 
 
-def plan_edit(call, policy):
-    """Read the call's config and apply the matching rules in memory."""
+def plan_edit(call, policy, keep_parsed=False):
+    """Read the call's config and apply the matching rules in memory.
+    keep_parsed: also keep the config as parsed, before the edits, in PRETTY
+    layout (for debug output and dry runs)."""
     path = call.config_path
     raw, st = read_config(path)
     spec = parse_config(raw, path)
-    parsed = serialize_config(spec, PRETTY)
+    parsed = serialize_config(spec, PRETTY) if keep_parsed else None
     rules = matching_rules(spec, policy)
     changes = apply_rules(spec, rules, EditContext(call.container_id))
     new_raw = None
@@ -2386,15 +2389,13 @@ def plan_edit(call, policy):
         new_raw = serialize_config(spec, Layout.of(raw))
         if new_raw == raw:
             new_raw = None
-    result = EditResult(path, raw, spec, rules, changes, new_raw, parsed)
-    result.stat = st
-    return result
+    return EditResult(path, raw, st, spec, rules, changes, new_raw, parsed)
 
 
 def edit_bundle(call, policy):
     """Edit the call's config in place (only when something changed), and
     keep debug copies if asked. Returns the EditResult."""
-    result = plan_edit(call, policy)
+    result = plan_edit(call, policy, keep_parsed=policy.write_debug_output)
     if result.new_raw is not None:
         write_atomically(result.path, result.new_raw, result.stat)
     if policy.write_debug_output:
@@ -2745,7 +2746,7 @@ def register_docker(program, name, make_default, daemon_json):
     return "\n".join(lines) + "\n"
 
 
-def check_config_report(policy, argv0):
+def check_config_report(policy):
     """The --oi-check-config summary."""
     lines = ["%s %s: configuration is valid" % (PROG, __version__)]
     lines.append("config file: %s" % (policy.config_path or "(none)"))
@@ -2769,7 +2770,7 @@ def dry_run_report(call, policy, runtime, runtime_args):
     """The --oi-dry-run report: what this call would do."""
     lines = ["%s dry run: nothing is written or executed" % PROG]
     if call.edits_config:
-        result = plan_edit(call, policy)
+        result = plan_edit(call, policy, keep_parsed=True)
         lines.append("config: %s" % result.path)
         lines.append("rules matched: %s" % (", ".join(r.name for r in result.rules) or "(none)"))
         for change in result.changes:
@@ -2812,7 +2813,7 @@ def run(argv0, args):
         editing = call.edits_config or opts.dry_run or opts.action == "check-config"
         policy = load_policy(opts, argv0, with_hooks=editing)
         if opts.action == "check-config":
-            sys.stdout.write(check_config_report(policy, argv0))
+            sys.stdout.write(check_config_report(policy))
             return 0
         runtime = find_runtime(policy.runtime_path)
         if opts.dry_run:

@@ -68,29 +68,28 @@ def write_policy(path, data):
     os.chmod(path, 0o644)
 
 
-class Containerd(object):
-    """A private containerd (its own root, state and sockets, CRI plugin off),
-    started with OCI_INTERCEPTOR_CONFIG pointing at policy_path, so every
-    runtime binary its shims run reads that policy."""
+class _ContainerdDaemon(object):
+    """A private containerd: its own root, state and sockets, config.toml made
+    of the common header and `body`, started with OCI_INTERCEPTOR_CONFIG
+    pointing at policy_path (so every runtime binary its shims run reads that
+    policy), images imported into `namespace`."""
 
-    def __init__(self, base, image_tar, image_name):
+    def _start(self, base, body, image_tars, namespace, extra_cgroups=()):
         self.base = str(base)
         self.socket = os.path.join(self.base, "containerd.sock")
         self.policy_path = os.path.join(self.base, "policy.json")
-        self.image = image_name
-        self.cgroup_prefix = "oi-ctr-%d" % os.getpid()
-        self.residue = HostResidue(extra_cgroups=(self.cgroup_prefix + "-*",))
-        config = os.path.join(self.base, "config.toml")
-        with open(config, "w") as f:
+        self.residue = HostResidue(extra_cgroups=extra_cgroups)
+        self.config_path = os.path.join(self.base, "config.toml")
+        with open(self.config_path, "w") as f:
             f.write('version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
                     '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
                     '[debug]\n  address = "%s/debug.sock"\n'
                     % (self.base, self.base, self.socket, self.socket, self.base))
+            f.write(body)
         self.log = open(os.path.join(self.base, "containerd.log"), "wb")
         env = dict(os.environ)
         env[POLICY_ENV] = self.policy_path
-        self.process = subprocess.Popen(["containerd", "--config", config], stdout=self.log,
+        self.process = subprocess.Popen(["containerd", "--config", self.config_path], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 30
         while self.ctr("version").returncode != 0:
@@ -98,16 +97,35 @@ class Containerd(object):
                 self.stop()
                 raise RuntimeError("containerd did not start")
             time.sleep(0.2)
-        imported = self.ctr("images", "import", "--snapshotter", "native", image_tar)
-        if imported.returncode != 0:
-            self.stop()
-            raise RuntimeError("ctr images import failed: %s" % imported.stderr.decode())
+        for tar in image_tars:
+            imported = self.ctr("-n", namespace, "images", "import", "--snapshotter", "native", tar)
+            if imported.returncode != 0:
+                self.stop()
+                raise RuntimeError("ctr images import failed: " + imported.stderr.decode())
 
     def ctr(self, *args, **kwargs):
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("timeout", 120)
         return subprocess.run(["ctr", "-a", self.socket] + list(args), **kwargs)
+
+    def write_policy(self, data):
+        write_policy(self.policy_path, data)
+
+    def stop(self):
+        stop_process(self.process)
+        self.log.close()
+        self.residue.clean()
+
+
+class Containerd(_ContainerdDaemon):
+    """containerd without its CRI plugin, for `ctr run --runc-binary`."""
+
+    def __init__(self, base, image_tar, image_name):
+        self.image = image_name
+        self.cgroup_prefix = "oi-ctr-%d" % os.getpid()
+        self._start(base, 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n', [image_tar], "default",
+                    extra_cgroups=(self.cgroup_prefix + "-*",))
 
     def run(self, runtime_binary, cid, args, extra=()):
         """`ctr run --rm` of the image through runtime_binary; nothing of it is
@@ -122,14 +140,6 @@ class Containerd(object):
         finally:
             self.ctr("tasks", "kill", "-s", "KILL", cid)
             self.ctr("containers", "delete", cid)
-
-    def write_policy(self, data):
-        write_policy(self.policy_path, data)
-
-    def stop(self):
-        stop_process(self.process)
-        self.log.close()
-        self.residue.clean()
 
 
 class Docker(object):
@@ -261,62 +271,38 @@ class Podman(object):
 CRI_PLUGIN = '[plugins."io.containerd.grpc.v1.cri"]'
 
 
-class ContainerdCRI(object):
-    """A private containerd with its CRI plugin, the interceptor registered
-    as a runtime handler from the snippet `--oi-register containerd` prints,
-    and a minimal gRPC CRI client (stubs generated from tests/cri at start).
-    Pods run with host networking (no CNI) and their cgroups under a parent
-    of their own."""
+class ContainerdCRI(_ContainerdDaemon):
+    """containerd with its CRI plugin, the interceptor registered as a runtime
+    handler from the snippet `--oi-register containerd` prints (plus a plain
+    runc handler), and a minimal gRPC CRI client (stubs generated from
+    tests/cri at start). Pods run with host networking (no CNI) and their
+    cgroups under a parent of their own."""
 
     HANDLER = "oci-interceptor"
 
     def __init__(self, base, handler_snippet, images_to_import, sandbox_image, pod_annotations=()):
-        self.base = str(base)
-        self.socket = os.path.join(self.base, "containerd.sock")
-        self.policy_path = os.path.join(self.base, "policy.json")
-        self.log_dir = os.path.join(self.base, "pods")
+        base = str(base)
+        self.log_dir = os.path.join(base, "pods")
         self.cgroup_parent = "oi-cri-%d" % os.getpid()
-        self.residue = HostResidue(extra_cgroups=(self.cgroup_parent,))
         os.makedirs(self.log_dir, exist_ok=True)
-        os.makedirs(os.path.join(self.base, "cni"), exist_ok=True)
+        os.makedirs(os.path.join(base, "cni"), exist_ok=True)
         snippet = handler_snippet
         snippet = snippet.replace(
             "%s.containerd]\n" % CRI_PLUGIN[:-1], '%s.containerd]\n  snapshotter = "native"\n' % CRI_PLUGIN[:-1], 1)
         snippet = snippet.replace(
             '  runtime_type = "io.containerd.runc.v2"\n',
             '  runtime_type = "io.containerd.runc.v2"\n  pod_annotations = %s\n' % json.dumps(list(pod_annotations)), 1)
-        snippet = snippet.replace("    BinaryName = ", '    Root = "%s/runc"\n    BinaryName = ' % self.base, 1)
-        config = os.path.join(self.base, "config.toml")
-        with open(config, "w") as f:
-            f.write('version = 2\nroot = "%s/root"\nstate = "%s/state"\n'
-                    '[grpc]\n  address = "%s"\n[ttrpc]\n  address = "%s.ttrpc"\n'
-                    '[debug]\n  address = "%s/debug.sock"\n'
-                    '%s\n  sandbox_image = "%s"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n'
-                    '  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "%s/cni"\n    conf_dir = "%s/cni"\n'
-                    '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
-                    '    runtime_type = "io.containerd.runc.v2"\n'
-                    '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
-                    '      Root = "%s/runc"\n'
-                    % (self.base, self.base, self.socket, self.socket, self.base, CRI_PLUGIN, sandbox_image,
-                       self.base, self.base, self.base))
-            f.write(snippet)
-        self.config_path = config
-        self.log = open(os.path.join(self.base, "containerd.log"), "wb")
-        env = dict(os.environ)
-        env[POLICY_ENV] = self.policy_path
-        self.process = subprocess.Popen(["containerd", "--config", config], stdout=self.log,
-                                        stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 30
-        while self.ctr("version").returncode != 0:
-            if time.time() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("containerd did not start")
-            time.sleep(0.2)
-        for tar in images_to_import:
-            imported = self.ctr("-n", "k8s.io", "images", "import", "--snapshotter", "native", tar)
-            if imported.returncode != 0:
-                self.stop()
-                raise RuntimeError("ctr images import failed: " + imported.stderr.decode())
+        snippet = snippet.replace("    BinaryName = ", '    Root = "%s/runc"\n    BinaryName = ' % base, 1)
+        # restrict_oom_score_adj: the sandbox asks for oom_score_adj -998,
+        # which this host's root may not set.
+        body = ('%s\n  sandbox_image = "%s"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n'
+                '  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "%s/cni"\n    conf_dir = "%s/cni"\n'
+                '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
+                '    runtime_type = "io.containerd.runc.v2"\n'
+                '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
+                '      Root = "%s/runc"\n'
+                % (CRI_PLUGIN, sandbox_image, base, base, base)) + snippet
+        self._start(base, body, images_to_import, "k8s.io", extra_cgroups=(self.cgroup_parent,))
         self._connect()
 
     def _connect(self):
@@ -335,15 +321,6 @@ class ContainerdCRI(object):
         self.pb = pb
         self.channel = grpc.insecure_channel("unix://" + self.socket)
         self.cri = pb_grpc.RuntimeServiceStub(self.channel)
-
-    def ctr(self, *args, **kwargs):
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("timeout", 120)
-        return subprocess.run(["ctr", "-a", self.socket] + list(args), **kwargs)
-
-    def write_policy(self, data):
-        write_policy(self.policy_path, data)
 
     def sandbox_config(self, name, namespace="default", annotations=None):
         pb = self.pb
@@ -396,6 +373,4 @@ class ContainerdCRI(object):
         channel = getattr(self, "channel", None)
         if channel is not None:
             channel.close()
-        stop_process(self.process)
-        self.log.close()
-        self.residue.clean()
+        _ContainerdDaemon.stop(self)
