@@ -91,17 +91,19 @@ class _ContainerdDaemon(object):
         env[POLICY_ENV] = self.policy_path
         self.process = subprocess.Popen(["containerd", "--config", self.config_path], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 30
-        while self.ctr("version").returncode != 0:
-            if time.time() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError("containerd did not start")
-            time.sleep(0.2)
-        for tar in image_tars:
-            imported = self.ctr("-n", namespace, "images", "import", "--snapshotter", "native", tar)
-            if imported.returncode != 0:
-                self.stop()
-                raise RuntimeError("ctr images import failed: " + imported.stderr.decode())
+        try:
+            deadline = time.time() + 30
+            while self.ctr("version").returncode != 0:
+                if time.time() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("containerd did not start")
+                time.sleep(0.2)
+            for tar in image_tars:
+                imported = self.ctr("-n", namespace, "images", "import", "--snapshotter", "native", tar)
+                if imported.returncode != 0:
+                    raise RuntimeError("ctr images import failed: " + imported.stderr.decode())
+        except BaseException:
+            self.stop()        # whatever went wrong, the daemon is not left running
+            raise
 
     def ctr(self, *args, **kwargs):
         kwargs.setdefault("stdout", subprocess.PIPE)
@@ -160,12 +162,15 @@ class Docker(object):
             json.dump(daemon_config, f, indent=2)
         self.env = dict(os.environ, DOCKER_HOST="unix://" + self.socket,
                         DOCKER_CONFIG=os.path.join(self.base, "cli"))
-        self.start()
-        if image_tar:
-            imported = self.docker("import", image_tar, image)
-            if imported.returncode != 0:
-                self.stop()
-                raise RuntimeError("docker import failed: " + imported.stderr.decode())
+        try:
+            self.start()
+            if image_tar:
+                imported = self.docker("import", image_tar, image)
+                if imported.returncode != 0:
+                    raise RuntimeError("docker import failed: " + imported.stderr.decode())
+        except BaseException:
+            self.stop()        # whatever went wrong, the daemon is not left running
+            raise
 
     def start(self):
         env = dict(os.environ)
@@ -180,7 +185,6 @@ class Docker(object):
         deadline = time.time() + 60
         while self.docker("version", timeout=10).returncode != 0:
             if time.time() > deadline or self.process.poll() is not None:
-                self.stop()
                 raise RuntimeError("dockerd did not start: " + self.log_text()[-2000:])
             time.sleep(0.3)
 
@@ -303,7 +307,11 @@ class ContainerdCRI(_ContainerdDaemon):
                 '      Root = "%s/runc"\n'
                 % (CRI_PLUGIN, sandbox_image, base, base, base)) + snippet
         self._start(base, body, images_to_import, "k8s.io", extra_cgroups=(self.cgroup_parent,))
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            self.stop()
+            raise
 
     def _connect(self):
         import sys
