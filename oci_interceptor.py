@@ -2785,6 +2785,8 @@ def dry_run_report(call, policy, runtime, runtime_args):
                                               lineterm=""))
     else:
         lines.append("%s does not edit the config" % (call.command or "this call"))
+        if call.command == "kill" and policy.uses_systemd:
+            runtime_args = systemd_kill_args(call, runtime, runtime_args)
     lines.append("would exec: %s" % " ".join(shell_quote(a) for a in [runtime] + runtime_args))
     return "\n".join(lines) + "\n"
 
@@ -2830,6 +2832,9 @@ def run(argv0, args):
     except InterceptorError as exc:
         report_error(exc, call)
         return exc.exit_code
+    except KeyboardInterrupt:
+        report_error("interrupted before the runtime ran", call)
+        return 130
     except Exception as exc:  # never a traceback in the path of a container
         report_error("internal error: %s: %s" % (type(exc).__name__, exc), call)
         return EXIT_FAILURE

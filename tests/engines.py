@@ -19,10 +19,11 @@ import time
 POLICY_ENV = "OCI_INTERCEPTOR_CONFIG"
 
 # Paths engines create outside the directories they are given (containerd
-# 1.6's shim sockets, Docker's plugin dir, Podman's network and blob caches)
+# 1.6's shim sockets and CNI results, Docker's plugin dir, Podman's network
+# and blob caches)
 # and the cgroup parents they make; removed after a test run if it made them.
 HOST_PATHS = ("/run/containerd", "/run/docker", "/run/containers", "/etc/containers/networks",
-              "/var/lib/containers", "/run/libpod")
+              "/var/lib/containers", "/run/libpod", "/var/lib/cni")
 CGROUP_PARENTS = ("docker", "libpod_parent", "default", "machine.slice")
 
 

@@ -351,3 +351,11 @@ def test_systemd_through_docker(pyz, systemd_rootfs, tmp_path):
         assert plain.startswith("exited ") and plain.split()[1] != "0"
     finally:
         docker.stop()
+
+
+def test_dry_run_shows_the_translated_kill(pyz, state_fake):
+    env = {"FAKE_STATE": json.dumps({"annotations": {"oci-interceptor.systemd": "true"}})}
+    result = run([pyz], ["--oi-runtime-path", state_fake.runtime, "--oi-systemd", "auto", "--oi-dry-run",
+                         "kill", "c1", "TERM"], state_fake, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().endswith("would exec: %s kill c1 37\n" % state_fake.runtime)
