@@ -452,11 +452,13 @@ _SETTING_KEYS = {
 }
 
 
-def load_policy(opts, argv0, with_hooks=True):
+def load_policy(opts, argv0, complete=True):
     """Resolve flags, the config file and its profile into a Policy.
 
-    with_hooks=False skips reading hook files and directories, which only
-    an editing call needs.
+    complete=False is for calls that apply no rule (`state`, `start`,
+    `delete`, ...): hook files and directories are not read, and the rules'
+    regular expressions are not compiled (so `re` is never imported); the
+    settings and the rules' shape are still checked.
     """
     policy = Policy()
     settings = {}
@@ -467,7 +469,7 @@ def load_policy(opts, argv0, with_hooks=True):
         if data is not None:
             policy.config_path = path
             policy.files.append(path)
-            settings, rules = _read_config_data(data, path, opts.profile, argv0, policy)
+            settings, rules = _read_config_data(data, path, opts.profile, argv0, policy, complete)
     elif opts.profile is not None:
         raise ConfigError("--oi-profile %s: there is no config file" % _quote_for_message(opts.profile))
 
@@ -493,7 +495,7 @@ def load_policy(opts, argv0, with_hooks=True):
         global_actions["systemd"] = settings["systemd"]
     if global_actions:
         policy.rules.append(Rule("(global)", None, global_actions, "flags and config"))
-    if with_hooks:
+    if complete:
         for hook_file in settings.get("hook-config-path", []):
             policy.rules.append(_load_hook_config_file(hook_file))
             policy.files.append(hook_file)
@@ -558,7 +560,7 @@ def _check_trusted(path, st, what):
                    info.st_uid, stat.S_IMODE(info.st_mode)))
 
 
-def _read_config_data(data, path, profile_name, argv0, policy):
+def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     """Validate a config file's data; return (settings, rules)."""
     def fail(where, problem):
         raise ConfigError("config %s: %s%s" % (path, where + ": " if where else "", problem))
@@ -570,7 +572,7 @@ def _read_config_data(data, path, profile_name, argv0, policy):
     if data.get("version") != CONFIG_VERSION:
         fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
     settings = _read_settings(data, "", fail)
-    rules = _read_rules(data.get("rules", []), "rules", path, fail)
+    rules = _read_rules(data.get("rules", []), "rules", path, fail, complete)
 
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict):
@@ -591,7 +593,7 @@ def _read_config_data(data, path, profile_name, argv0, policy):
     for name, profile in profiles.items():
         where = "profiles.%s" % name
         profile_settings = _read_settings(profile, where + ".", fail)
-        profile_rules = _read_rules(profile.get("rules", []), where + ".rules", path, fail)
+        profile_rules = _read_rules(profile.get("rules", []), where + ".rules", path, fail, complete)
         if name == profile_name:
             chosen = (profile_settings, profile_rules)
     if chosen is not None:
@@ -622,7 +624,7 @@ def _read_settings(data, prefix, fail):
     return settings
 
 
-def _read_rules(data, where, path, fail):
+def _read_rules(data, where, path, fail, complete=True):
     if not isinstance(data, list):
         fail(where, "expected a list of rules")
     rules = []
@@ -642,7 +644,7 @@ def _read_rules(data, where, path, fail):
         when = None
         if "when" in item:
             try:
-                when = parse_condition(item["when"], extended=True)
+                when = parse_condition(item["when"], extended=True, compile_now=complete)
             except ValueError as exc:
                 fail(here + ".when" + _subpath(exc), _message(exc))
         actions = {}
@@ -1117,18 +1119,37 @@ class Condition(object):
         self.env = []               # [(name, value regex)]
 
 
-def _compile(pattern, where):
-    import re
+def _compile(pattern, where, compile_now=True):
     if not isinstance(pattern, str):
         raise PathError(where, "expected a regular expression string, found %s" % _json_text(pattern))
+    if not compile_now:
+        return _DeferredPattern(pattern)
+    import re
     try:
         return re.compile(pattern)
     except re.error as exc:
         raise PathError(where, "bad regex %s: %s" % (_json_text(pattern), exc))
 
 
-def parse_condition(data, extended):
-    """A `when` object -> Condition, or ValueError/PathError saying what is wrong."""
+class _DeferredPattern(object):
+    """A regular expression compiled on first use, for policies loaded by
+    calls that apply no rule: they never import re."""
+
+    def __init__(self, pattern):
+        self.pattern = pattern
+        self._compiled = None
+
+    def search(self, text):
+        if self._compiled is None:
+            import re
+            self._compiled = re.compile(self.pattern)
+        return self._compiled.search(text)
+
+
+def parse_condition(data, extended, compile_now=True):
+    """A `when` object -> Condition, or ValueError/PathError saying what is
+    wrong. compile_now=False defers compiling (and checking) the regular
+    expressions to their first use."""
     if not isinstance(data, dict):
         raise ValueError("expected an object of conditions, found %s" % _json_text(data))
     allowed = _EXTENDED_CONDITIONS if extended else _STANDARD_CONDITIONS
@@ -1150,15 +1171,15 @@ def parse_condition(data, extended):
         if not isinstance(data[key], dict) or not data[key]:
             raise PathError("." + key, "expected a non-empty object of regular expressions")
         for name, value in data[key].items():
-            left = name if key == "env" else _compile(name, ".%s[%s]" % (key, _json_text(name)))
-            target.append((left, _compile(value, ".%s.%s" % (key, name))))
+            left = name if key == "env" else _compile(name, ".%s[%s]" % (key, _json_text(name)), compile_now)
+            target.append((left, _compile(value, ".%s.%s" % (key, name), compile_now)))
     if "commands" in data:
         commands = data["commands"]
         if not isinstance(commands, list) or not commands:
             raise PathError(".commands", "expected a non-empty list of regular expressions")
-        cond.commands = [_compile(p, ".commands[%d]" % i) for i, p in enumerate(commands)]
+        cond.commands = [_compile(p, ".commands[%d]" % i, compile_now) for i, p in enumerate(commands)]
     if "hostname" in data:
-        cond.hostname = _compile(data["hostname"], ".hostname")
+        cond.hostname = _compile(data["hostname"], ".hostname", compile_now)
     return cond
 
 
@@ -1268,17 +1289,9 @@ def edit_add_mounts(spec, new_mounts):
         same = [i for i in range(len(mounts)) if _mount_destination(mounts, i) == destination]
         if len(same) == 1 and json_equal(mounts[same[0]], new):
             continue
-        position = same[0] if same else None
         for index in reversed(same):
             del mounts[index]
-        for index in range(len(mounts)):
-            if _is_under(_mount_destination(mounts, index), destination):
-                if position is None or index < position:
-                    position = index
-                break
-        if position is None:
-            position = len(mounts)
-        mounts.insert(position, _copy_json(new))
+        position = _insert_mount(mounts, _copy_json(new), same[0] if same else None)
         changes.append("mounts[%d] (%s): %s" % (position, destination, "replaced" if same else "added"))
     return changes
 
@@ -1638,19 +1651,6 @@ def _systemd_cgroups(spec, mounts, context):
     return changes
 
 
-def _insert_mount(mounts, mount):
-    """Insert before the first mount nested under it, else at the end;
-    return the position."""
-    destination = _clean_path(mount["destination"])
-    position = len(mounts)
-    for index in range(len(mounts)):
-        if _is_under(_mount_destination(mounts, index), destination):
-            position = index
-            break
-    mounts.insert(position, mount)
-    return position
-
-
 TERM_SIGNALS = ("TERM", "SIGTERM", "15")
 
 
@@ -1853,6 +1853,20 @@ def _clean_path(path):
 
 def _is_under(path, parent):
     return path is not None and path != parent and (parent == "/" or path.startswith(parent + "/"))
+
+
+def _insert_mount(mounts, mount, preferred=None):
+    """Insert mount at `preferred` (or at the end), but before the first
+    mount nested under it, so a parent is always mounted before its
+    children; return the position."""
+    destination = _clean_path(mount["destination"])
+    position = len(mounts) if preferred is None else preferred
+    for index in range(len(mounts)):
+        if _is_under(_mount_destination(mounts, index), destination):
+            position = min(position, index)
+            break
+    mounts.insert(position, mount)
+    return position
 
 
 def _glob_match(destination, pattern):
@@ -2813,7 +2827,7 @@ def run(argv0, args):
             return 0
         call = parse_runtime_call(runtime_args)
         editing = call.edits_config or opts.dry_run or opts.action == "check-config"
-        policy = load_policy(opts, argv0, with_hooks=editing)
+        policy = load_policy(opts, argv0, complete=editing)
         if opts.action == "check-config":
             sys.stdout.write(check_config_report(policy))
             return 0

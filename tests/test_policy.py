@@ -16,12 +16,12 @@ def write(path, data):
     return path
 
 
-def policy(tmp_path, config=None, flags=(), argv0="oci-interceptor", name="config.json", with_hooks=True):
+def policy(tmp_path, config=None, flags=(), argv0="oci-interceptor", name="config.json", complete=True):
     args = list(flags)
     if config is not None:
         args = ["--oi-config", write(tmp_path / name, config)] + args
     opts, _ = oi.split_command_line(args + ["create", "x"])
-    return oi.load_policy(opts, argv0, with_hooks=with_hooks)
+    return oi.load_policy(opts, argv0, complete=complete)
 
 
 def config_error(tmp_path, config, **kwargs):
@@ -396,7 +396,7 @@ def test_oci_add_hooks_file(tmp_path):
     p = policy(tmp_path, flags=["--oi-hook-config-path", path])
     assert [r.name for r in p.rules] == ["hook-config-path %s" % path]
     assert p.rules[0].actions == {"prepend-hooks": {"prestart": [HOOK], "poststop": [HOOK]}}
-    assert policy(tmp_path, flags=["--oi-hook-config-path", path], with_hooks=False).rules == []
+    assert policy(tmp_path, flags=["--oi-hook-config-path", path], complete=False).rules == []
 
 
 @pytest.mark.parametrize("content, message", [

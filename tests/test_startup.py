@@ -85,3 +85,17 @@ def test_version_is_defined_once():
         source = f.read()
     assert source.count("__version__ = ") == 1
     assert build_zipapp.module_version(source)
+
+
+def test_passthrough_with_a_config_of_regex_rules_loads_no_re(pyz, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"version": 1, "env": ["A=1"], "rules": [{"name": "r", "when": {"commands": ["^/sbin/init$"],'
+                      ' "annotations": {"^team$": "^blue$"}}, "env-force": ["B=2"], "systemd": "auto"}]}')
+    config.chmod(0o644)
+    _, loaded = probe(pyz, "--oi-runtime-path", "/bin/true", "delete", "x", env={"OCI_INTERCEPTOR_CONFIG": str(config)})
+    assert not loaded & {"json", "re", "fnmatch"}, loaded
+    # An editing call checks the regular expressions at once.
+    config.write_text('{"version": 1, "rules": [{"when": {"commands": ["("]}, "env": ["A=1"]}]}')
+    bad = subprocess.run([pyz, "--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"],
+                         env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=str(config)), stderr=subprocess.PIPE)
+    assert bad.returncode == 2 and b"bad regex" in bad.stderr
