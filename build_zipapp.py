@@ -43,10 +43,130 @@ MODULE = "oci_interceptor.py"
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 
 PREAMBLE = """#!/bin/sh
-# oci-interceptor {version}: a Python zip application. This line and the next
-# start it isolated from the environment; the zip archive follows.
-exec {python} -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]);import oci_interceptor as m;sys.exit(m.main(sys.argv[1],sys.argv[2:]))' "$0" "$@"
+# oci-interceptor {version}: a Python zip application; the zip archive follows
+# this /bin/sh preamble.
+{fast_path}exec {python} -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]);import oci_interceptor as m;sys.exit(m.main(sys.argv[1],sys.argv[2:]))' "$0" "$@"
 """
+
+# The fast path: a call that cannot edit anything and logs nothing (no config
+# file, a subcommand other than create/run/restore, and only flags whose
+# passthrough meaning is "runtime" or "ignored") execs the runtime from the
+# shell, as Python would, without starting Python. Anything unusual (a flag
+# it does not know, a bad value, a runtime it cannot find) leaves it to
+# Python, which decides and words any error. Its patterns are generated from
+# the module's own tables.
+FAST_PATH = r"""oi_slow=
+case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
+oi_cfg=${{{config_env}-{default_config}}}
+if [ -n "$oi_cfg" ]; then
+  # No config file: the file, or else its nearest existing ancestor must be
+  # a searchable directory, so that Python would see "No such file" too.
+  oi_p=$oi_cfg
+  while [ -n "$oi_p" ] && [ ! -e "$oi_p" ] && [ ! -L "$oi_p" ]; do
+    case $oi_p in */*) oi_p=${{oi_p%/*}} ;; *) oi_p= ;; esac
+  done
+  if [ "$oi_p" = "$oi_cfg" ]; then oi_slow=1
+  elif [ -n "$oi_p" ] && {{ [ ! -d "$oi_p" ] || [ ! -x "$oi_p" ]; }}; then oi_slow=1
+  fi
+fi
+oi_runtime={default_runtime} oi_want= oi_cmd=
+if [ -z "$oi_slow" ]; then
+  for oi_a do
+    [ -n "$oi_cmd" ] && break
+    if [ -n "$oi_want" ]; then
+      case $oi_want in
+        skip) ;;
+        runtime) oi_runtime=$oi_a; case $oi_a in ?*) ;; *) oi_slow=1 ;; esac ;;
+        env) case $oi_a in [!=]*=*) ;; *) oi_slow=1 ;; esac ;;
+        nonempty) case $oi_a in ?*) ;; *) oi_slow=1 ;; esac ;;
+      esac
+      oi_want=; continue
+    fi
+    case $oi_a in
+{flag_cases}
+      {our_flags}) oi_slow=1; break ;;
+      --) oi_slow=1; break ;;
+      -) oi_cmd=- ;;
+      -*=*) ;;
+      -*) oi_n=$oi_a
+          while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
+          case $oi_n in {globals}) oi_want=skip ;; esac ;;
+      *) oi_cmd=$oi_a ;;
+    esac
+  done
+  case $oi_want in ''|skip) ;; *) oi_slow=1 ;; esac
+  case $oi_cmd in {editing}) oi_slow=1 ;; esac
+fi
+oi_exe=
+if [ -z "$oi_slow" ]; then
+  case $oi_runtime in
+    */*) [ -f "$oi_runtime" ] && [ -x "$oi_runtime" ] && oi_exe=$oi_runtime ;;
+    *) oi_ifs=$IFS; IFS=:; set -f
+       for oi_d in $PATH {fallback_dirs}; do
+         [ -n "$oi_d" ] || continue
+         while :; do case $oi_d in */) oi_d=${{oi_d%/}} ;; *) break ;; esac; done
+         if [ -f "$oi_d/$oi_runtime" ] && [ -x "$oi_d/$oi_runtime" ]; then oi_exe=$oi_d/$oi_runtime; break; fi
+       done
+       set +f; IFS=$oi_ifs ;;
+  esac
+fi
+if [ -n "$oi_exe" ]; then
+  oi_first=1 oi_drop= oi_cmd=
+  for oi_a do
+    [ -n "$oi_first" ] && {{ set --; oi_first=; }}
+    if [ -n "$oi_cmd" ]; then set -- "$@" "$oi_a"; continue; fi
+    if [ -n "$oi_drop" ]; then [ "$oi_drop" = keep ] && set -- "$@" "$oi_a"; oi_drop=; continue; fi
+    case $oi_a in
+{drop_cases}
+      -) set -- "$@" "$oi_a"; oi_cmd=1 ;;
+      -*=*) set -- "$@" "$oi_a" ;;
+      -*) set -- "$@" "$oi_a"; oi_n=$oi_a
+          while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
+          case $oi_n in {globals}) oi_drop=keep ;; esac ;;
+      *) set -- "$@" "$oi_a"; oi_cmd=1 ;;
+    esac
+  done
+  exec "$oi_exe" "$@"
+fi
+"""
+
+
+def fast_path(module):
+    """The shell fast path, its patterns made from the module's tables."""
+    value_checks = {module._check_env_assignment: "env", module._check_not_empty: "nonempty"}
+    flag_cases, drop_cases, ours = [], [], []
+    for flag in module.FLAGS:
+        names = (flag.name,) + tuple(flag.aliases)
+        ours.extend(names)
+        if flag.passthrough is None:
+            continue
+        spelled = "|".join(names)
+        if flag.kind == "switch":
+            words = module._TRUE_WORDS + module._FALSE_WORDS
+            forms = "|".join([spelled] + ["%s=%s" % (n, w) for n in names for w in words])
+            flag_cases.append("      %s) ;;" % forms)
+            drop_cases.append("      %s) ;;" % forms)
+            continue
+        want = "runtime" if flag.passthrough == "runtime" else value_checks[flag.check]
+        flag_cases.append("      %s) oi_want=%s ;;" % (spelled, want))
+        with_value = "|".join(n + "=*" for n in names)
+        if want == "runtime":
+            flag_cases.append('      %s) oi_runtime=${oi_a#*=}; case $oi_runtime in ?*) ;; *) oi_slow=1 ;; esac ;;'
+                              % with_value)
+        else:
+            pattern = "[!=]*=*" if want == "env" else "?*"
+            flag_cases.append('      %s) case ${oi_a#*=} in %s) ;; *) oi_slow=1 ;; esac ;;' % (with_value, pattern))
+        drop_cases.append("      %s) oi_drop=drop ;;" % spelled)
+        drop_cases.append("      %s) ;;" % with_value)
+    our_flags = "|".join(["--oi-*"] + ["%s|%s=*" % (n, n) for n in ours if not n.startswith("--oi-")])
+    return FAST_PATH.format(
+        config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
+        default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
+        drop_cases="\n".join(drop_cases), our_flags=our_flags,
+        globals="|".join(sorted(module.RUNTIME_GLOBALS_WITH_VALUE)),
+        editing="|".join(sorted(module.EDITING_COMMANDS)),
+        fallback_dirs=" ".join(module.FALLBACK_RUNTIME_DIRS))
+
 
 MAIN = """import sys
 import oci_interceptor
@@ -79,7 +199,18 @@ def shell_word(text):
     return "'" + text.replace("'", "'\"'\"'") + "'"
 
 
-def build(output, python):
+def _module():
+    sys.path.insert(0, HERE)
+    try:
+        import oci_interceptor
+    finally:
+        sys.path.pop(0)
+    return oci_interceptor
+
+
+def build(output, python, fast=True):
+    """Write the archive; fast=False leaves out the shell fast path (every
+    call then starts Python)."""
     with open(os.path.join(HERE, MODULE), "rb") as f:
         source = f.read()
     version = module_version(source.decode("utf-8"))
@@ -94,7 +225,9 @@ def build(output, python):
     os.makedirs(out_dir, exist_ok=True)
     temp = output + ".tmp"
     with open(temp, "wb") as f:
-        f.write(PREAMBLE.format(version=version, python=shell_word(python)).encode("utf-8"))
+        preamble = PREAMBLE.format(version=version, python=shell_word(python),
+                                   fast_path=fast_path(_module()) if fast else "")
+        f.write(preamble.encode("utf-8"))
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for name, data in sorted(entries):
                 info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
@@ -123,8 +256,7 @@ def _roff(text):
 
 
 def man_page():
-    sys.path.insert(0, HERE)
-    import oci_interceptor as oi
+    oi = _module()
     date = "2026-11-22"
     out = [
         '.TH OCI\\-INTERCEPTOR 1 "%s" "oci-interceptor %s" "User Commands"' % (date, oi.__version__),
@@ -220,11 +352,13 @@ def main(argv=None):
                         help="where to write the archive (default: dist/oci-interceptor.pyz)")
     parser.add_argument("--python", default="/usr/bin/python3",
                         help="the interpreter the archive starts (default: /usr/bin/python3)")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="leave out the shell fast path: every call starts Python")
     parser.add_argument("--man", metavar="PATH", help="also write the man page oci-interceptor(1) here")
     parser.add_argument("--default-config", metavar="PATH",
                         help="also write a config file that activates no policy here")
     args = parser.parse_args(argv)
-    print(build(args.output, args.python))
+    print(build(args.output, args.python, fast=not args.no_fast_path))
     if args.man:
         print(write_text(args.man, man_page()))
     if args.default_config:

@@ -101,9 +101,17 @@ class Flag(object):
     collected in order), "switch" (no value; `=true`/`=false` allowed) or
     "action" (does something instead of running the runtime). key is the
     config file key that means the same, if any.
+
+    passthrough says what the flag means to a call that edits nothing
+    (`state`, `start`, `delete`, ...): "runtime" (it names the runtime),
+    "ignored" (it only matters to create/run/restore), or None (it changes
+    what such a call does: debug output, systemd, a config file, an action).
+    The .pyz's shell preamble runs such calls without Python when every flag
+    is "runtime" or "ignored" (see build_zipapp.py).
     """
 
-    def __init__(self, name, kind, dest, help, metavar=None, check=None, aliases=(), key=None):
+    def __init__(self, name, kind, dest, help, metavar=None, check=None, aliases=(), key=None,
+                 passthrough=None):
         self.name = name
         self.kind = kind
         self.dest = dest
@@ -112,6 +120,7 @@ class Flag(object):
         self.check = check
         self.aliases = aliases
         self.key = key
+        self.passthrough = passthrough
 
 
 def _check_env_assignment(flag, value):
@@ -146,19 +155,19 @@ def _check_engine(flag, value):
 
 FLAGS = (
     Flag("--oi-runtime-path", "value", "runtime_path", metavar="PATH", key="runtime-path",
-         check=_check_not_empty, aliases=("--runtime-path",),
+         check=_check_not_empty, aliases=("--runtime-path",), passthrough="runtime",
          help="The real runtime to run (default: runc). A bare name is looked up "
               "on PATH, then in " + ", ".join(FALLBACK_RUNTIME_DIRS) + "."),
     Flag("--oi-readonly-networking-mounts", "switch", "readonly_networking_mounts",
-         key="readonly-networking-mounts", aliases=("--readonly-networking-mounts",),
+         key="readonly-networking-mounts", aliases=("--readonly-networking-mounts",), passthrough="ignored",
          help="Make the mounts of /etc/hosts, /etc/hostname and /etc/resolv.conf "
               "read-only: every 'rw' option removed, 'ro' added."),
     Flag("--oi-env", "list", "env", metavar="NAME=VALUE", key="env",
-         check=_check_env_assignment,
+         check=_check_env_assignment, passthrough="ignored",
          help="Set an environment variable unless the container already has it. "
               "Repeatable; the value may contain '='."),
     Flag("--oi-env-force", "list", "env_force", metavar="NAME=VALUE", key="env-force",
-         check=_check_env_assignment,
+         check=_check_env_assignment, passthrough="ignored",
          help="Set an environment variable, replacing the container's own value. "
               "Repeatable; applied after --oi-env."),
     Flag("--oi-systemd", "value", "systemd", metavar="MODE", key="systemd", check=_check_systemd_mode,
@@ -176,11 +185,12 @@ FLAGS = (
               "named like the program (a symlink's name) applies, if there is one."),
     Flag("--oi-hook-config-path", "list", "hook_config_path", metavar="FILE",
          key="hook-config-path", check=_check_not_empty, aliases=("--hook-config-path",),
+         passthrough="ignored",
          help="Prepend the hooks of this oci-add-hooks hook file ({\"hooks\": {STAGE: "
               "[HOOK, ...]}}) to every container, all six stages. Repeatable. A hook "
               "already present is not added again."),
     Flag("--oi-hooks-dir", "list", "hooks_dir", metavar="DIR", key="hooks-dir",
-         check=_check_not_empty,
+         check=_check_not_empty, passthrough="ignored",
          help="Inject the matching hooks of the OCI hooks 1.0.0 files (*.json) in "
               "this directory, as Podman and CRI-O read them. Repeatable; a file in a "
               "later directory masks one of the same name in an earlier one."),
@@ -538,26 +548,33 @@ def _strip_prefix(message, prefix, path):
     return path + ": " + message[len(prefix):] if message.startswith(prefix) else message
 
 
+_S_IFMT, _S_IFDIR, _S_IFLNK, _S_ISVTX = 0o170000, 0o040000, 0o120000, 0o1000
+
+
 def _check_trusted(path, st, what):
     """As root, refuse a policy file (or its directory) a non-root user can
-    write: it decides what runs as root in every container."""
-    if os.geteuid() != 0:
+    write: it decides what runs as root in every container. (posix only,
+    unless the path is a symlink: every call that reads a config runs this.)"""
+    if posix.geteuid() != 0:
         return
-    import stat
     checks = [(path, st)]
-    directory = os.path.dirname(os.path.realpath(path)) or "/"
+    if (posix.lstat(path).st_mode & _S_IFMT) == _S_IFLNK:
+        directory = os.path.dirname(os.path.realpath(path)) or "/"
+    else:
+        directory = path.rpartition("/")[0] if "/" in path else "."
+        directory = directory or "/"
     try:
-        checks.append((directory, os.stat(directory)))
+        checks.append((directory, posix.stat(directory)))
     except OSError:
         pass
     for name, info in checks:
-        writable_by_others = info.st_mode & 0o022 and not (
-            stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX and name != path)
+        is_sticky_dir = (info.st_mode & _S_IFMT) == _S_IFDIR and info.st_mode & _S_ISVTX
+        writable_by_others = info.st_mode & 0o022 and not (is_sticky_dir and name != path)
         if info.st_uid != 0 or writable_by_others:
             raise ConfigError(
                 "%s %s: refusing it, %s is writable by a non-root user (owner uid %d, mode %04o)"
                 % (what, path, "it" if name == path else "its directory " + name,
-                   info.st_uid, stat.S_IMODE(info.st_mode)))
+                   info.st_uid, info.st_mode & 0o7777))
 
 
 def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
@@ -583,7 +600,7 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
             fail(where, "expected an object")
         _no_unknown_keys(profile, set(_SETTING_KEYS) | {"rules"}, where + ".", fail)
     if profile_name is None:
-        invoked_as = os.path.basename(argv0 or "")
+        invoked_as = (argv0 or "").rpartition("/")[2]
         if invoked_as in profiles:
             profile_name = invoked_as
     elif profile_name not in profiles:

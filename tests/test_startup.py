@@ -93,7 +93,7 @@ def test_passthrough_with_a_config_of_regex_rules_loads_no_re(pyz, tmp_path):
                       ' "annotations": {"^team$": "^blue$"}}, "env-force": ["B=2"], "systemd": "auto"}]}')
     config.chmod(0o644)
     _, loaded = probe(pyz, "--oi-runtime-path", "/bin/true", "delete", "x", env={"OCI_INTERCEPTOR_CONFIG": str(config)})
-    assert not loaded & {"json", "re", "fnmatch"}, loaded
+    assert not loaded & {"json", "re", "fnmatch", "os"}, loaded
     # An editing call checks the regular expressions at once.
     config.write_text('{"version": 1, "rules": [{"when": {"commands": ["("]}, "env": ["A=1"]}]}')
     bad = subprocess.run([pyz, "--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"],

@@ -1,0 +1,147 @@
+"""The .pyz's shell fast path against the Python path: every call, run
+through an archive with the fast path and one without, must have the same
+outcome (exit status, stdout, stderr, the runtime's arguments), and the
+calls that need no edit must really skip Python."""
+
+import os
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import build_zipapp
+import oci_interceptor as oi
+from conftest import SYSTEM_PYTHON
+
+RECORDER = r"""#!/bin/sh
+printf '%s\0' "$@" > "${FAKE_RUNTIME_OUT:?}"
+echo "runtime stdout"
+exit 7
+"""
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory, pyz):
+    """fast: the shipped .pyz; slow: without the fast path; fast_only: the
+    fast path in front of an interpreter that does not exist, so a call that
+    works through it never started Python."""
+    base = tmp_path_factory.mktemp("archives")
+    slow = build_zipapp.build(str(base / "slow.pyz"), SYSTEM_PYTHON, fast=False)
+    fast_only = build_zipapp.build(str(base / "fast-only.pyz"), "/nonexistent/python3")
+    return {"fast": pyz, "slow": slow, "fast_only": fast_only}
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory):
+    """A directory for PATH with recording runtimes named runc and other-rt."""
+    bindir = tmp_path_factory.mktemp("bin")
+    for name in ("runc", "other-rt"):
+        path = bindir / name
+        path.write_text(RECORDER)
+        path.chmod(0o755)
+    (bindir / "not-executable").write_text(RECORDER)
+    return str(bindir)
+
+
+def outcome(archive, args, runtimes, tmp_path, config=""):
+    record = tmp_path / "record"
+    if record.exists():
+        record.unlink()
+    env = {"PATH": runtimes + ":/usr/bin:/bin", "FAKE_RUNTIME_OUT": str(record), "OCI_INTERCEPTOR_CONFIG": config,
+           "LC_ALL": "C.UTF-8"}
+    result = subprocess.run([archive] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), timeout=60)
+    recorded = record.read_bytes().split(b"\0")[:-1] if record.exists() else None
+    return result.returncode, result.stdout, result.stderr, recorded
+
+
+VECTORS = [
+    ["state", "x"],
+    ["--oi-readonly-networking-mounts", "--oi-env", "A=1", "--oi-env-force=B=2", "--root", "/r", "--log",
+     "/l.json", "--log-format", "json", "start", "id"],
+    ["--oi-runtime-path", "other-rt", "delete", "--force", "id"],
+    ["--runtime-path=other-rt", "--readonly-networking-mounts", "kill", "id", "15"],
+    ["--oi-hook-config-path", "/nonexistent.json", "--oi-hooks-dir=/nowhere", "exec", "id", "sh", "--oi-env", "x"],
+    ["-root", "/r", "--oi-env", "A=1", "-l", "/l", "ps", "--format", "json", "id"],
+    ["---root", "--oi-env", "list"],                       # --oi-env is --root's value here
+    ["--oi-readonly-networking-mounts=false", "--oi-readonly-networking-mounts=TRUE", "list"],
+    ["--oi-readonly-networking-mounts=maybe", "list"],
+    ["--oi-env", "NOEQUALS", "state", "x"],
+    ["--oi-env", "=x", "state", "x"],
+    ["--oi-env"],
+    ["--oi-runtime-path="],
+    ["--oi-runtime-path", "missing-rt", "state", "x"],
+    ["--oi-runtime-path", "not-executable", "state", "x"],
+    ["--oi-runtime-path", "/nonexistent/runc", "state", "x"],
+    ["--oi-write-debug-output", "state", "x"],
+    ["--oi-systemd", "auto", "kill", "x"],
+    ["--oi-version"], ["--oi-help"], ["--oi-bogus", "state"], ["--version"], ["--help"], [],
+    ["--", "state", "x"], ["-", "x"], ["--root"], ["--root=/r", "state", "x"],
+    ["create", "--bundle", "/nonexistent", "x"], ["run", "x"], ["restore", "x"],
+    ["--oi-env", "A=1", "create", "x"],
+    ["state", "x", "--oi-env", "A=1", "--oi-runtime-path", "other-rt", "--"],
+    ["spec", "--rootless"], ["features"],
+    ["caf\u00e9", "new\nline", "tab\there", "'quote\"", "$(x)", "*", "?"],
+]
+
+
+@pytest.mark.parametrize("args", VECTORS, ids=lambda a: " ".join(a)[:60] or "(none)")
+def test_fast_and_python_paths_agree(archives, runtimes, tmp_path, args):
+    assert outcome(archives["fast"], args, runtimes, tmp_path) == outcome(archives["slow"], args, runtimes, tmp_path)
+
+
+def test_calls_that_need_no_edit_skip_python(archives, runtimes, tmp_path):
+    for args in (["state", "x"], VECTORS[1], VECTORS[2], VECTORS[3], VECTORS[4], ["--version"]):
+        code, out, err, recorded = outcome(archives["fast_only"], args, runtimes, tmp_path)
+        assert (code, out, err) == (7, b"runtime stdout\n", b""), (args, err)
+        assert recorded == [os.fsencode(a) for a in oi.split_command_line(args)[1]]
+
+
+def test_calls_that_may_edit_or_log_start_python(archives, runtimes, tmp_path):
+    for args in (["create", "x"], ["--oi-write-debug-output", "state", "x"], ["--oi-systemd", "auto", "kill", "x"],
+                 ["--oi-env", "NOEQUALS", "state", "x"], ["--oi-runtime-path", "missing-rt", "state", "x"]):
+        code, _, err, recorded = outcome(archives["fast_only"], args, runtimes, tmp_path)
+        assert code == 127 and b"/nonexistent/python3" in err and recorded is None, args
+
+
+@pytest.mark.parametrize("config", ["exists", "absent", "absent-dir", "under-a-file", "symlink-loop"])
+def test_config_file_presence(archives, runtimes, tmp_path, config):
+    path = {"exists": tmp_path / "c.json", "absent": tmp_path / "none.json",
+            "absent-dir": tmp_path / "no" / "such" / "c.json", "under-a-file": tmp_path / "file" / "c.json",
+            "symlink-loop": tmp_path / "loop"}[config]
+    (tmp_path / "file").write_text("")
+    (tmp_path / "c.json").write_text('{"version": 1, "runtime-path": "other-rt"}')
+    (tmp_path / "c.json").chmod(0o644)
+    if not (tmp_path / "loop").is_symlink():
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    args = ["state", "x"]
+    fast = outcome(archives["fast"], args, runtimes, tmp_path, config=str(path))
+    assert fast == outcome(archives["slow"], args, runtimes, tmp_path, config=str(path))
+    skipped_python = outcome(archives["fast_only"], args, runtimes, tmp_path, config=str(path))[0] == 7
+    assert skipped_python is (config in ("absent", "absent-dir"))
+
+
+def test_drop_in_name_always_starts_python(archives, runtimes, tmp_path):
+    link = tmp_path / "oci-add-hooks"
+    link.symlink_to(archives["fast_only"])
+    assert outcome(str(link), ["state", "x"], runtimes, tmp_path)[0] == 127
+
+
+TOKENS = st.sampled_from([
+    "--oi-env", "--oi-env=A=1", "A=1", "=x", "", "--oi-env-force", "--oi-runtime-path", "--oi-runtime-path=other-rt",
+    "other-rt", "missing-rt", "--runtime-path", "--readonly-networking-mounts", "--oi-readonly-networking-mounts",
+    "--oi-readonly-networking-mounts=off", "--oi-hooks-dir", "--hook-config-path=/x", "--oi-write-debug-output",
+    "--oi-bogus", "--root", "-root", "---log", "--log-format=json", "-l", "-r", "--debug", "--systemd-cgroup",
+    "state", "start", "kill", "delete", "exec", "list", "create", "run", "-", "--", "--oi-", "-=", "--=",
+])
+ARGV = st.lists(st.one_of(TOKENS, st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                                                  blacklist_characters="\0"), max_size=6)),
+                max_size=8)
+
+
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(args=ARGV)
+def test_any_argv_has_the_same_outcome_on_both_paths(archives, runtimes, tmp_path, args):
+    assert outcome(archives["fast"], args, runtimes, tmp_path) == outcome(archives["slow"], args, runtimes, tmp_path)
