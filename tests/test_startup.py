@@ -3,6 +3,7 @@ and a passthrough call loads nothing it does not need. (Timings live in
 tests/benchmark.py, not here.)"""
 
 import os
+import shutil
 import subprocess
 import zipfile
 
@@ -99,3 +100,13 @@ def test_passthrough_with_a_config_of_regex_rules_loads_no_re(pyz, tmp_path):
     bad = subprocess.run([pyz, "--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"],
                          env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=str(config)), stderr=subprocess.PIPE)
     assert bad.returncode == 2 and b"bad regex" in bad.stderr
+
+
+def test_the_archive_is_valid_shell(pyz):
+    """The preamble ends in a here-document opener, so the zip data after it
+    is text to the shell: `sh -n` (and lintian) accept the whole file."""
+    for shell in ("/bin/sh", "dash", "bash"):
+        path = shutil.which(shell)
+        if path:
+            result = subprocess.run([path, "-n", pyz], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert result.returncode == 0, (shell, result.stderr)
