@@ -45,7 +45,7 @@ class _LazyModule(object):
 
 os = _LazyModule("os")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 PROG = "oci-interceptor"
 DEFAULT_RUNTIME = "runc"
