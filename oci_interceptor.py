@@ -807,13 +807,19 @@ def _valid_hooks(value):
     return value
 
 
-def _valid_mounts(value):
+def _objects_in_list(value, what, item):
+    """Check that value is a list of objects; yield (position, object)."""
     if not isinstance(value, list):
-        raise ValueError("expected a list of mounts, found %s" % _json_text(value))
-    for index, mount in enumerate(value):
+        raise ValueError("expected a list of %s, found %s" % (what, _json_text(value)))
+    for index, obj in enumerate(value):
         where = "[%d]" % index
-        if not isinstance(mount, dict):
-            raise PathError(where, "expected a mount object")
+        if not isinstance(obj, dict):
+            raise PathError(where, "expected %s object" % item)
+        yield where, obj
+
+
+def _valid_mounts(value):
+    for where, mount in _objects_in_list(value, "mounts", "a mount"):
         destination = mount.get("destination")
         if not isinstance(destination, str) or not destination.startswith("/"):
             raise PathError(where + ".destination", "expected an absolute path, found %s"
@@ -845,12 +851,7 @@ def _valid_merge_patch(value):
 
 
 def _valid_json_patch(value):
-    if not isinstance(value, list):
-        raise ValueError("expected a JSON patch list (RFC 6902), found %s" % _json_text(value))
-    for index, op in enumerate(value):
-        where = "[%d]" % index
-        if not isinstance(op, dict):
-            raise PathError(where, "expected an operation object")
+    for where, op in _objects_in_list(value, "JSON patch operations (RFC 6902)", "an operation"):
         kind = op.get("op")
         if kind not in ("add", "remove", "replace", "move", "copy", "test"):
             raise PathError(where + ".op", "expected add, remove, replace, move, copy or test, "
@@ -1004,27 +1005,18 @@ def parse_runtime_call(args):
     """Read the runtime's global options, subcommand and, for the editing
     subcommands, the bundle, config file and container id."""
     call = RuntimeCall(args)
-    i, n = 0, len(args)
-    while i < n:
-        arg = args[i]
-        i += 1
-        if arg == "--":
+    for kind, item in _walk_options(args, RUNTIME_GLOBALS_WITH_VALUE):
+        if kind == "end":
             break
-        if not arg.startswith("-") or arg == "-":
-            call.command = arg
-            call.command_args = args[i:]
+        if kind == "word":
+            call.command = args[item]
+            call.command_args = args[item + 1:]
             break
-        name, has_value, value = arg.lstrip("-").partition("=")
-        if name in RUNTIME_GLOBALS_WITH_VALUE:
-            if not has_value:
-                if i >= n:
-                    break
-                value = args[i]
-                i += 1
-            if name in ("log", "l"):
-                call.log_path = value
-            elif name == "log-format":
-                call.log_format = value
+        name, value = item
+        if name in ("log", "l"):
+            call.log_path = value
+        elif name == "log-format":
+            call.log_format = value
     if call.edits_config:
         _parse_command_options(call)
     return call
@@ -1034,30 +1026,47 @@ def _parse_command_options(call):
     # runc (urfave/cli) also takes options after the container id, so the
     # whole tail is scanned, up to a "--".
     args = call.command_args
+    for kind, item in _walk_options(args, COMMAND_OPTIONS_WITH_VALUE):
+        if kind == "end":
+            if call.container_id is None and item < len(args):
+                call.container_id = args[item]
+            break
+        if kind == "word":
+            if call.container_id is None:
+                call.container_id = args[item]
+            continue
+        name, value = item
+        if name in ("b", "bundle"):
+            call.bundle = value
+        elif name in ("f", "config"):
+            call.config_file = value
+
+
+def _walk_options(args, with_value):
+    """Walk a runtime's arguments. Yields ("option", (name, value)) for an
+    option that takes a value (`--x V`, `--x=V`, Go's `-x V`), ("word", i)
+    for args[i] that is not an option, and ("end", i) at a "--" (the rest
+    starts at i). Other options are passed over; so is an option whose
+    value is missing at the end."""
     i, n = 0, len(args)
     while i < n:
         arg = args[i]
         i += 1
         if arg == "--":
-            if call.container_id is None and i < n:
-                call.container_id = args[i]
-            break
+            yield "end", i
+            return
         if not arg.startswith("-") or arg == "-":
-            if call.container_id is None:
-                call.container_id = arg
+            yield "word", i - 1
             continue
         name, has_value, value = arg.lstrip("-").partition("=")
-        if name not in COMMAND_OPTIONS_WITH_VALUE:
+        if name not in with_value:
             continue
         if not has_value:
             if i >= n:
-                break
+                return
             value = args[i]
             i += 1
-        if name in ("b", "bundle"):
-            call.bundle = value
-        elif name in ("f", "config"):
-            call.config_file = value
+        yield "option", (name, value)
 
 
 def find_runtime(path):
@@ -1815,7 +1824,6 @@ ACTIONS = (
            "[OP, ...]: an RFC 6902 JSON patch of the whole config; a failed \"test\" "
            "refuses the container."),
 )
-_ACTIONS_BY_KEY = {action.key: action for action in ACTIONS}
 
 
 def matching_rules(spec, policy):
@@ -2198,19 +2206,25 @@ def _resolve_parent(document, tokens):
     return node
 
 
-def pointer_get(document, pointer):
-    tokens = parse_pointer(pointer)
-    if not tokens:
-        return document
+def _locate(document, tokens):
+    """(container, key or index) of the existing value a pointer names."""
     parent = _resolve_parent(document, tokens)
     last = tokens[-1]
     if isinstance(parent, dict):
         if last not in parent:
             raise ValueError("no member %s" % _json_text(last))
-        return parent[last]
+        return parent, last
     if isinstance(parent, list):
-        return parent[_list_index(last, len(parent), False)]
+        return parent, _list_index(last, len(parent), False)
     raise ValueError("cannot descend into %s" % _json_text(parent))
+
+
+def pointer_get(document, pointer):
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        return document
+    parent, key = _locate(document, tokens)
+    return parent[key]
 
 
 def apply_patch_operation(document, op):
@@ -2256,16 +2270,8 @@ def _patch_remove(document, pointer):
     tokens = parse_pointer(pointer)
     if not tokens:
         raise ValueError("cannot remove the whole document")
-    parent = _resolve_parent(document, tokens)
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise ValueError("no member %s" % _json_text(last))
-        del parent[last]
-    elif isinstance(parent, list):
-        del parent[_list_index(last, len(parent), False)]
-    else:
-        raise ValueError("cannot remove from %s" % _json_text(parent))
+    parent, key = _locate(document, tokens)
+    del parent[key]
     return document
 
 
