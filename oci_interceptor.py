@@ -448,18 +448,6 @@ class Policy(object):
         return any(rule.actions.get("systemd", "off") != "off" for rule in self.rules)
 
 
-_SETTING_KEYS = {
-    # key: (validator, merge) -- merge is "list" (add up) or "value" (replace)
-    "runtime-path": ("_valid_nonempty_string", "value"),
-    "readonly-networking-mounts": ("_valid_bool", "value"),
-    "env": ("_valid_env_list", "list"),
-    "env-force": ("_valid_env_list", "list"),
-    "hook-config-path": ("_valid_path_list", "list"),
-    "hooks-dir": ("_valid_path_list", "list"),
-    "write-debug-output": ("_valid_bool", "value"),
-    "debug-output-dir": ("_valid_nonempty_string", "value"),
-    "systemd": ("_valid_systemd_mode", "value"),
-}
 
 
 def load_policy(opts, argv0, complete=True):
@@ -635,7 +623,7 @@ def _read_settings(data, prefix, fail):
     for key, (validator, _) in _SETTING_KEYS.items():
         if key in data:
             try:
-                settings[key] = globals()[validator](data[key])
+                settings[key] = validator(data[key])
             except ValueError as exc:
                 fail(prefix + key + _subpath(exc), _message(exc))
     return settings
@@ -760,6 +748,21 @@ def _valid_destination_globs(value):
             raise PathError("[%d]" % index, "expected an absolute path or glob, found %s"
                             % _json_text(item))
     return value
+
+
+# The settings a config file (and a profile) may have, and how each is
+# checked and merged: "list" values add up, "value" ones replace.
+_SETTING_KEYS = {
+    "runtime-path": (_valid_nonempty_string, "value"),
+    "readonly-networking-mounts": (_valid_bool, "value"),
+    "env": (_valid_env_list, "list"),
+    "env-force": (_valid_env_list, "list"),
+    "hook-config-path": (_valid_path_list, "list"),
+    "hooks-dir": (_valid_path_list, "list"),
+    "write-debug-output": (_valid_bool, "value"),
+    "debug-output-dir": (_valid_nonempty_string, "value"),
+    "systemd": (_valid_systemd_mode, "value"),
+}
 
 
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer",
