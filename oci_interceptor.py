@@ -448,8 +448,6 @@ class Policy(object):
         return any(rule.actions.get("systemd", "off") != "off" for rule in self.rules)
 
 
-
-
 def load_policy(opts, argv0, complete=True):
     """Resolve flags, the config file and its profile into a Policy.
 
