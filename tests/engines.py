@@ -20,10 +20,10 @@ POLICY_ENV = "OCI_INTERCEPTOR_CONFIG"
 
 # Paths engines create outside the directories they are given (containerd
 # 1.6's shim sockets and CNI results, Docker's plugin dir, Podman's network
-# and blob caches)
+# and blob caches, the state roots runc and crun use when Podman names none)
 # and the cgroup parents they make; removed after a test run if it made them.
 HOST_PATHS = ("/run/containerd", "/run/docker", "/run/containers", "/etc/containers/networks",
-              "/var/lib/containers", "/run/libpod", "/var/lib/cni")
+              "/var/lib/containers", "/run/libpod", "/var/lib/cni", "/run/runc", "/run/crun")
 CGROUP_PARENTS = ("docker", "libpod_parent", "default", "machine.slice")
 
 
