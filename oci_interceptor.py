@@ -1117,8 +1117,7 @@ def getenv(name):
 CONDITION_HELP = (
     ("always", "true: matches. false: never matches."),
     ("annotations", "{KEY_REGEX: VALUE_REGEX, ...}: every pair matches some annotation."),
-    ("commands", "[REGEX, ...]: one matches process.args[0] (after a leading '/bin/sh -c', "
-                 "the command it runs)."),
+    ("commands", "[REGEX, ...]: one matches process.args[0], as in OCI hooks 1.0.0."),
     ("hasBindMounts", "true: the container has a bind mount other than those every engine adds "
                       "(/etc/hosts, /etc/hostname, /etc/resolv.conf, /dev/shm, /run/.containerenv, "
                       "/run/secrets, /dev/termination-log). false: never matches, as in OCI hooks 1.0.0."),
@@ -1241,14 +1240,11 @@ def condition_matches(cond, spec):
 
 
 def container_command(spec):
-    """process.args[0]; for `/bin/sh -c CMD ...`, the first word of CMD."""
+    """process.args[0] (exactly, as OCI hooks 1.0.0 match it), or None."""
     process = spec.get("process")
     args = process.get("args") if isinstance(process, dict) else None
     if not isinstance(args, list) or not args or not isinstance(args[0], str):
         return None
-    if (len(args) >= 3 and args[0] in ("/bin/sh", "sh", "/bin/bash", "bash") and args[1] == "-c"
-            and isinstance(args[2], str) and args[2].split()):
-        return args[2].split()[0]
     return args[0]
 
 

@@ -188,7 +188,9 @@ def test_commands_any_regex_on_args0():
     assert matches({"commands": ["^/bin/app$"]}, spec_with())
     assert matches({"commands": ["nomatch", "app"]}, spec_with())
     assert not matches({"commands": ["^app$"]}, spec_with())
-    assert matches({"commands": ["^/sbin/init$"]}, spec_with(args=["/bin/sh", "-c", "/sbin/init --log"]))
+    # args[0] exactly, as Podman and CRI-O match hooks: a shell wrapper is the command.
+    assert not matches({"commands": ["^/sbin/init$"]}, spec_with(args=["/bin/sh", "-c", "/sbin/init --log"]))
+    assert matches({"commands": ["^/bin/sh$"]}, spec_with(args=["/bin/sh", "-c", "/sbin/init --log"]))
     assert not matches({"commands": [".*"]}, {"hostname": "x"})
 
 
