@@ -58,7 +58,7 @@ PREAMBLE = """#!/bin/sh
 # it does not know, a bad value, a runtime it cannot find) leaves it to
 # Python, which decides and words any error. Its patterns are generated from
 # the module's own tables.
-FAST_PATH = r"""oi_slow=
+FAST_PATH = r"""oi_slow= oi_cached=
 case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
 oi_cfg=${{{config_env}-{default_config}}}
 if [ -n "$oi_cfg" ]; then
@@ -68,11 +68,36 @@ if [ -n "$oi_cfg" ]; then
   while [ -n "$oi_p" ] && [ ! -e "$oi_p" ] && [ ! -L "$oi_p" ]; do
     case $oi_p in */*) oi_p=${{oi_p%/*}} ;; *) oi_p= ;; esac
   done
-  if [ "$oi_p" = "$oi_cfg" ]; then oi_slow=1
+  if [ "$oi_p" = "$oi_cfg" ]; then
+    # A config file: only what Python recorded of it (as root, while the
+    # file and its directory stay exactly as they were) lets a call by.
+    oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}}
+    case $oi_cfg:$oi_name in
+      /*:*[!A-Za-z0-9._-]*|/*:.*|/*:|[!/]*) ;;
+      *) oi_cache=$oi_state/passthrough-$oi_name oi_d=${{oi_cfg%/*}}
+         [ -n "$oi_d" ] || oi_d=/
+         if [ -f "$oi_cache" ] &&
+            oi_sig=$(stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache" 2>/dev/null)
+         then
+           {{ IFS= read -r oi_s1; IFS= read -r oi_s2; IFS= read -r oi_s3; IFS= read -r oi_s4; }} <<OI_SIGNATURES
+$oi_sig
+OI_SIGNATURES
+           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; IFS= read -r oi_l4; IFS= read -r oi_l5; }} \
+             < "$oi_cache"
+           # The state directory root's and 0700, the record root's and 0600.
+           oi_u3=${{oi_s3%:*:*}} oi_u4=${{oi_s4%:*:*}}
+           if [ "${{oi_u3##*:}}:${{oi_s3##*:}}:${{oi_u4##*:}}:${{oi_s4##*:}}" = 0:700:0:600 ] &&
+              [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ "$oi_l3" = "$oi_s1" ] &&
+              [ "$oi_l4" = "$oi_s2" ] && [ -n "$oi_l5" ]; then
+             oi_slow= oi_cached=1 oi_runtime=$oi_l5
+           fi
+         fi ;;
+    esac
   elif [ -n "$oi_p" ] && {{ [ ! -d "$oi_p" ] || [ ! -x "$oi_p" ]; }}; then oi_slow=1
   fi
 fi
-oi_runtime={default_runtime} oi_want= oi_cmd=
+if [ -z "$oi_cached" ]; then oi_runtime={default_runtime}; fi
+oi_want= oi_cmd= oi_ours=
 if [ -z "$oi_slow" ]; then
   for oi_a do
     [ -n "$oi_cmd" ] && break
@@ -99,6 +124,7 @@ if [ -z "$oi_slow" ]; then
   done
   case $oi_want in ''|skip) ;; *) oi_slow=1 ;; esac
   case $oi_cmd in {editing}) oi_slow=1 ;; esac
+  if [ -n "$oi_cached" ] && [ -n "$oi_ours" ]; then oi_slow=1; fi
 fi
 oi_exe=
 if [ -z "$oi_slow" ]; then
@@ -147,23 +173,26 @@ def fast_path(module):
         if flag.kind == "switch":
             words = module._TRUE_WORDS + module._FALSE_WORDS
             forms = "|".join([spelled] + ["%s=%s" % (n, w) for n in names for w in words])
-            flag_cases.append("      %s) ;;" % forms)
+            flag_cases.append("      %s) oi_ours=1 ;;" % forms)
             drop_cases.append("      %s) ;;" % forms)
             continue
         want = "runtime" if flag.passthrough == "runtime" else value_checks[flag.check]
-        flag_cases.append("      %s) oi_want=%s ;;" % (spelled, want))
+        flag_cases.append("      %s) oi_ours=1 oi_want=%s ;;" % (spelled, want))
         with_value = "|".join(n + "=*" for n in names)
         if want == "runtime":
-            flag_cases.append('      %s) oi_runtime=${oi_a#*=}; case $oi_runtime in ?*) ;; *) oi_slow=1 ;; esac ;;'
+            flag_cases.append('      %s) oi_ours=1 oi_runtime=${oi_a#*=}; case $oi_runtime in ?*) ;; *) oi_slow=1 ;; esac ;;'
                               % with_value)
         else:
             pattern = "[!=]*=*" if want == "env" else "?*"
-            flag_cases.append('      %s) case ${oi_a#*=} in %s) ;; *) oi_slow=1 ;; esac ;;' % (with_value, pattern))
+            flag_cases.append('      %s) oi_ours=1; case ${oi_a#*=} in %s) ;; *) oi_slow=1 ;; esac ;;'
+                              % (with_value, pattern))
         drop_cases.append("      %s) oi_drop=drop ;;" % spelled)
         drop_cases.append("      %s) ;;" % with_value)
     our_flags = "|".join(["--oi-*"] + ["%s|%s=*" % (n, n) for n in ours if not n.startswith("--oi-")])
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
+        state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR,
+        magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,
         globals="|".join(sorted(module.RUNTIME_GLOBALS_WITH_VALUE)),
@@ -330,8 +359,12 @@ def man_page():
         ".SH FILES",
         ".TP", _roff(oi.DEFAULT_CONFIG), _roff("The default policy file."),
         ".TP", _roff(oi.DEFAULT_DEBUG_DIR), _roff("Debug output, with --oi-write-debug-output."),
+        ".TP", _roff(oi.STATE_DIR),
+        _roff("Passthrough records (root only, mode 0700): what a call that edits nothing made of the "
+              "config file, so that later such calls skip Python while the file is unchanged."),
         ".SH ENVIRONMENT",
         ".TP", _roff(oi.CONFIG_ENV), _roff("Names another default policy file; empty: none."),
+        ".TP", _roff(oi.STATE_DIR_ENV), _roff("Names another directory for passthrough records."),
         ".SH EXIT STATUS",
         _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag "
               "or config file."),

@@ -55,6 +55,12 @@ DEFAULT_CONFIG = "/etc/oci-interceptor/config.json"
 # hosts that keep policy elsewhere. Only whoever starts the engine sets it.
 CONFIG_ENV = "OCI_INTERCEPTOR_CONFIG"
 CONFIG_VERSION = 1
+# Where, as root, a call that edits nothing records what the config file
+# made of it, so that the .pyz's shell preamble can pass later such calls
+# straight through (see remember_passthrough). The env var names another.
+STATE_DIR = "/run/oci-interceptor"
+STATE_DIR_ENV = "OCI_INTERCEPTOR_STATE_DIR"
+PASSTHROUGH_MAGIC = "oci-interceptor-passthrough"
 
 # Where a bare runtime name is looked for after PATH: daemons often run with a
 # thin PATH that lacks the sbin directories runc is installed in.
@@ -2780,6 +2786,63 @@ def register_docker(program, name, make_default, daemon_json):
     return "\n".join(lines) + "\n"
 
 
+def remember_passthrough(argv0, opts, call, policy):
+    """As root, record in STATE_DIR what this call, which edits nothing, made
+    of the config file: the file's and its directory's identity (device,
+    inode, size, times, owner, mode) and the runtime setting. While both are
+    unchanged, the .pyz's shell preamble execs that runtime for such calls
+    without starting Python; any change to the file, its directory, the
+    program's version or name sends the call here again. Best effort: a
+    failure here never fails the call."""
+    path = policy.config_path
+    name = (argv0 or "").rpartition("/")[2]
+    if (posix.geteuid() != 0 or not path or not path.startswith("/") or call.edits_config
+            or policy.write_debug_output or policy.uses_systemd
+            or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS if f.kind != "action")
+            or "\n" in path or "\n" in policy.runtime_path or policy.runtime_path.strip() != policy.runtime_path
+            or not name or debug_file_stem(name, "") != name or len(name) > 128):
+        return
+    state_dir = getenv(STATE_DIR_ENV) or STATE_DIR
+    try:
+        st = posix.lstat(path)
+        if (st.st_mode & _S_IFMT) != 0o100000:
+            return                      # a symlink: the preamble could not check its target
+        directory = path.rpartition("/")[0] or "/"
+        content = "%s %s\n%s\n%s\n%s\n%s\n" % (
+            PASSTHROUGH_MAGIC, __version__, path, _stat_signature(st), _stat_signature(posix.stat(directory)),
+            policy.runtime_path)
+        try:
+            posix.mkdir(state_dir, 0o700)
+        except FileExistsError:
+            pass
+        dst = posix.lstat(state_dir)
+        if (dst.st_mode & _S_IFMT) != _S_IFDIR or dst.st_uid != 0 or dst.st_mode & 0o7777 != 0o700:
+            return
+        target = "%s/passthrough-%s" % (state_dir, name)
+        try:
+            if read_config(target)[0] == content.encode("utf-8", "surrogateescape"):
+                return
+        except ReadError:
+            pass
+        temp = "%s/.%s.%d" % (state_dir, target.rpartition("/")[2], posix.getpid())
+        fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC,
+                        0o600)
+        try:
+            posix.write(fd, content.encode("utf-8", "surrogateescape"))
+        finally:
+            posix.close(fd)
+        posix.rename(temp, target)
+    except (OSError, InterceptorError):
+        pass
+
+
+def _stat_signature(st):
+    """What `stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a'` prints for a file."""
+    return "%d:%d:%d:%d.%09d:%d.%09d:%d:%d:%o" % (
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10 ** 9, st.st_mtime_ns % 10 ** 9,
+        st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9, st.st_uid, st.st_gid, st.st_mode & 0o7777)
+
+
 def check_config_report(policy):
     """The --oi-check-config summary."""
     lines = ["%s %s: configuration is valid" % (PROG, __version__)]
@@ -2859,6 +2922,8 @@ def run(argv0, args):
             edit_bundle(call, policy)
         elif call.command == "kill" and policy.uses_systemd:
             runtime_args = systemd_kill_args(call, runtime, runtime_args)
+        else:
+            remember_passthrough(argv0, opts, call, policy)
         if policy.write_debug_output:
             log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
         exec_runtime(runtime, runtime_args)

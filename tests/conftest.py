@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -23,6 +24,8 @@ import build_zipapp  # noqa: E402
 # Never read the host's real /etc/oci-interceptor/config.json: the tests and
 # every program they start see no default config unless a test names one.
 os.environ["OCI_INTERCEPTOR_CONFIG"] = ""
+# Nor write its passthrough records to the host's /run/oci-interceptor.
+os.environ["OCI_INTERCEPTOR_STATE_DIR"] = tempfile.mkdtemp(prefix="oi-test-state-")
 
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 REQUIRE_RUNTIMES = os.environ.get("OCI_INTERCEPTOR_REQUIRE_RUNTIMES") == "1"
@@ -46,10 +49,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             red=True)
 
 
+HOST_STATE_DIR = "/run/oci-interceptor"
+_HOST_STATE_DIR_EXISTED = os.path.exists(HOST_STATE_DIR)
+
+
 def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if REQUIRE_RUNTIMES and reporter is not None and reporter.stats.get("skipped"):
         session.exitstatus = 1
+    if not _HOST_STATE_DIR_EXISTED and os.path.exists(HOST_STATE_DIR):
+        # Some program under test wrote a passthrough record to the host.
+        if reporter is not None:
+            reporter.write_line("FAILED: the tests wrote to the host's %s" % HOST_STATE_DIR, red=True)
+        shutil.rmtree(HOST_STATE_DIR, ignore_errors=True)
+        session.exitstatus = 1
+    shutil.rmtree(os.environ["OCI_INTERCEPTOR_STATE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import tempfile
 import time
 
 POLICY_ENV = "OCI_INTERCEPTOR_CONFIG"
+STATE_ENV = "OCI_INTERCEPTOR_STATE_DIR"
 
 # Paths engines create outside the directories they are given (containerd
 # 1.6's shim sockets and CNI results, Docker's plugin dir, Podman's network
@@ -241,7 +242,8 @@ class Podman(object):
         # The snippet `oci-interceptor --oi-register podman` prints, plus the
         # line that points the policy file away from the host's.
         snippet = containers_conf_snippet.replace(
-            "[engine]\n", '[engine]\nconmon_env_vars = ["%s=%s"]\n' % (POLICY_ENV, self.policy_path), 1)
+            "[engine]\n", '[engine]\nconmon_env_vars = ["%s=%s", "%s=%s"]\n'
+            % (POLICY_ENV, self.policy_path, STATE_ENV, os.environ.get(STATE_ENV, "")), 1)
         with open(conf, "w") as f:
             f.write(snippet)
         self.env = dict(os.environ, CONTAINERS_CONF=conf)

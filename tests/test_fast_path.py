@@ -5,6 +5,7 @@ calls that need no edit must really skip Python."""
 
 import os
 import subprocess
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -49,7 +50,7 @@ def outcome(archive, args, runtimes, tmp_path, config=""):
     if record.exists():
         record.unlink()
     env = {"PATH": runtimes + ":/usr/bin:/bin", "FAKE_RUNTIME_OUT": str(record), "OCI_INTERCEPTOR_CONFIG": config,
-           "LC_ALL": "C.UTF-8"}
+           "OCI_INTERCEPTOR_STATE_DIR": str(tmp_path / "state"), "LC_ALL": "C.UTF-8"}
     result = subprocess.run([archive] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), timeout=60)
     recorded = record.read_bytes().split(b"\0")[:-1] if record.exists() else None
@@ -145,3 +146,144 @@ ARGV = st.lists(st.one_of(TOKENS, st.text(alphabet=st.characters(blacklist_categ
 @given(args=ARGV)
 def test_any_argv_has_the_same_outcome_on_both_paths(archives, runtimes, tmp_path, args):
     assert outcome(archives["fast"], args, runtimes, tmp_path) == outcome(archives["slow"], args, runtimes, tmp_path)
+
+
+# --- with a config file: the passthrough record ----------------------------------------------
+
+@pytest.fixture
+def named(archives, tmp_path):
+    """The three archives under one program name ("oi"), so that they share
+    passthrough records; a config file, and a state directory of their own."""
+    links = {}
+    for kind, archive in archives.items():
+        directory = tmp_path / kind
+        directory.mkdir()
+        (directory / "oi").symlink_to(archive)
+        links[kind] = str(directory / "oi")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = etc / "config.json"
+    config.write_text('{"version": 1, "runtime-path": "other-rt", "readonly-networking-mounts": true}')
+    config.chmod(0o644)
+    state = tmp_path / "state"
+    return links, str(config), str(state)
+
+
+def run_named(link, args, runtimes, tmp_path, config, state):
+    record = tmp_path / "record"
+    if record.exists():
+        record.unlink()
+    env = {"PATH": runtimes + ":/usr/bin:/bin", "FAKE_RUNTIME_OUT": str(record), "OCI_INTERCEPTOR_CONFIG": config,
+           "OCI_INTERCEPTOR_STATE_DIR": state, "LC_ALL": "C.UTF-8"}
+    result = subprocess.run([link] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(tmp_path), timeout=60)
+    recorded = record.read_bytes().split(b"\0")[:-1] if record.exists() else None
+    return result.returncode, result.stdout, result.stderr, recorded
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_a_call_through_python_lets_later_calls_skip_it_while_the_config_is_unchanged(named, runtimes, tmp_path):
+    links, config, state = named
+    call = ["--root", "/r", "state", "x"]
+    first = run_named(links["slow"], call, runtimes, tmp_path, config, state)
+    assert first[0] == 7 and first[3] == [b"--root", b"/r", b"state", b"x"]      # via other-rt
+    record = os.path.join(state, "passthrough-oi")
+    assert oct(os.stat(record).st_mode & 0o777) == "0o600" and oct(os.stat(state).st_mode & 0o777) == "0o700"
+    # Now the shell alone runs the call, with the same outcome.
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state) == first
+    assert run_named(links["fast"], call, runtimes, tmp_path, config, state) == first
+    # Calls that edit, or carry flags of ours, still need Python.
+    for args in (["create", "x"], ["--oi-env", "A=1", "state", "x"], ["--oi-runtime-path", "runc", "state", "x"]):
+        assert run_named(links["fast_only"], args, runtimes, tmp_path, config, state)[0] == 127, args
+
+
+def _changes(config, state):
+    record = os.path.join(state, "passthrough-oi")
+
+    def touch():
+        os.utime(config)
+
+    def rewrite_same_size():
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text.replace("other-rt", "other-rx"))
+
+    def chmod():
+        os.chmod(config, 0o664)
+
+    def replace_by_rename():
+        with open(config + ".new", "w") as f:
+            f.write('{"version": 1}')
+        os.chmod(config + ".new", 0o644)
+        os.rename(config + ".new", config)
+
+    def sibling_written():
+        with open(os.path.join(os.path.dirname(config), "other"), "w") as f:
+            f.write("x")
+
+    def record_mode():
+        os.chmod(record, 0o644)
+
+    def state_mode():
+        os.chmod(state, 0o755)
+
+    def record_version():
+        with open(record) as f:
+            lines = f.read().split("\n")
+        lines[0] = "oci-interceptor-passthrough 0.0.1"
+        with open(record, "w") as f:
+            f.write("\n".join(lines))
+
+    def record_other_config():
+        with open(record) as f:
+            lines = f.read().split("\n")
+        lines[1] = "/elsewhere/config.json"
+        with open(record, "w") as f:
+            f.write("\n".join(lines))
+    return [touch, rewrite_same_size, chmod, replace_by_rename, sibling_written, record_mode, state_mode,
+            record_version, record_other_config]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@pytest.mark.parametrize("change", range(9), ids=["touch", "rewrite-same-size", "chmod", "replace-by-rename",
+                                                   "sibling-written", "record-mode", "state-dir-mode",
+                                                   "record-version", "record-other-config"])
+def test_any_change_sends_the_call_to_python_again(named, runtimes, tmp_path, change):
+    links, config, state = named
+    call = ["state", "x"]
+    run_named(links["slow"], call, runtimes, tmp_path, config, state)
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == 7
+    time.sleep(0.01)
+    _changes(config, state)[change]()
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == 127
+    # And both paths agree on what the changed configuration means.
+    assert (run_named(links["fast"], call, runtimes, tmp_path, config, state)
+            == run_named(links["slow"], call, runtimes, tmp_path, config, state))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@pytest.mark.parametrize("config_text", [
+    '{"version": 1, "write-debug-output": true, "debug-output-dir": "DEBUG"}',
+    '{"version": 1, "systemd": "auto"}',
+    '{"version": 1, "rules": [{"when": {"commands": ["init"]}, "systemd": "always"}]}',
+])
+def test_no_record_when_calls_that_edit_nothing_still_need_python(named, runtimes, tmp_path, config_text):
+    links, config, state = named
+    with open(config, "w") as f:
+        f.write(config_text.replace("DEBUG", str(tmp_path / "debug")))
+    for args in (["state", "x"], ["kill", "x", "TERM"]):
+        run_named(links["slow"], args, runtimes, tmp_path, config, state)
+    assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_path):
+    links, config, state = named
+    run_named(links["slow"], ["--oi-env", "A=1", "state", "x"], runtimes, tmp_path, config, state)
+    assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+    link = tmp_path / "link.json"
+    link.symlink_to(config)
+    run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(link), state)
+    assert not os.path.exists(os.path.join(state, "passthrough-oi"))
