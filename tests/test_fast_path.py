@@ -228,19 +228,18 @@ def _changes(config, state):
     def state_mode():
         os.chmod(state, 0o755)
 
-    def record_version():
+    def record_line(index, text):
         with open(record) as f:
             lines = f.read().split("\n")
-        lines[0] = "oci-interceptor-passthrough 0.0.1"
+        lines[index] = text
         with open(record, "w") as f:
             f.write("\n".join(lines))
 
+    def record_version():
+        record_line(0, "oci-interceptor-passthrough 0.0.1")
+
     def record_other_config():
-        with open(record) as f:
-            lines = f.read().split("\n")
-        lines[1] = "/elsewhere/config.json"
-        with open(record, "w") as f:
-            f.write("\n".join(lines))
+        record_line(1, "/elsewhere/config.json")
     return [touch, rewrite_same_size, chmod, replace_by_rename, sibling_written, record_mode, state_mode,
             record_version, record_other_config]
 
