@@ -2327,10 +2327,11 @@ def read_config(path, follow_symlinks=False):
 _TEMP_MARK = ".oi-tmp-"
 
 
-def write_atomically(path, data, st):
+def write_atomically(path, data, st=None, mode=0o600):
     """Replace path with data: a temp file in the same directory, written,
-    given the original mode and owner, fsynced, then renamed over path.
-    Either the complete old or the complete new file is there, never a mix."""
+    given the original's mode and owner (st; without it, `mode` and our own
+    owner), fsynced, then renamed over path. Either the complete old or the
+    complete new file is there, never a mix."""
     directory, name = os.path.split(path)
     _remove_stale_temp_files(directory, name)
     temp = os.path.join(directory, ".%s%s%d-%s" % (name, _TEMP_MARK, os.getpid(), os.urandom(4).hex()))
@@ -2345,9 +2346,9 @@ def write_atomically(path, data, st):
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
                 os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, st.st_mode & 0o7777)
+            os.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -2753,12 +2754,7 @@ def register_docker(program, name, make_default, daemon_json):
         directory = os.path.dirname(daemon_json)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        fd = os.open(daemon_json, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            os.write(fd, new_raw)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(daemon_json, new_raw, mode=0o644)
         lines.append("%s: created" % daemon_json)
     else:
         import time
@@ -2824,14 +2820,7 @@ def remember_passthrough(argv0, opts, call, policy):
                 return
         except ReadError:
             pass
-        temp = "%s/.%s.%d" % (state_dir, target.rpartition("/")[2], posix.getpid())
-        fd = posix.open(temp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC,
-                        0o600)
-        try:
-            posix.write(fd, content.encode("utf-8", "surrogateescape"))
-        finally:
-            posix.close(fd)
-        posix.rename(temp, target)
+        write_atomically(target, content.encode("utf-8", "surrogateescape"), mode=0o600)
     except (OSError, InterceptorError):
         pass
 
