@@ -522,16 +522,11 @@ def _config_file_to_read(opts):
 
 def _load_config_file(path, explicit):
     """The parsed JSON of a policy file; None when the default file is absent."""
-    import errno
+    read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
+    if read is None:
+        return None
     try:
-        raw, st = read_config(path, follow_symlinks=True)
-    except InterceptorError as exc:
-        if not explicit and getattr(exc, "errno", None) == errno.ENOENT:
-            return None
-        raise ConfigError("config %s" % _strip_prefix(str(exc), "cannot read %s: " % path, path))
-    _check_trusted(path, st, "config file")
-    try:
-        return parse_json(raw)
+        return parse_json(read[0])
     except ValueError as exc:
         raise ConfigError("config %s: %s" % (path, exc))
 
@@ -893,12 +888,17 @@ def _load_hook_config_file(path):
     return Rule("hook-config-path %s" % path, None, {"prepend-hooks": hooks}, path)
 
 
-def _read_policy_file(path, what):
+def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
+    """(raw, stat) of a policy file root must own; None if missing_ok and
+    the file does not exist."""
+    import errno
     try:
         raw, st = read_config(path, follow_symlinks=True)
-    except InterceptorError as exc:
+    except ReadError as exc:
+        if missing_ok and exc.errno == errno.ENOENT:
+            return None
         raise ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
-    _check_trusted(path, st, what)
+    _check_trusted(path, st, trusted_as or what)
     return raw, st
 
 
