@@ -59,6 +59,12 @@ PREAMBLE = """#!/bin/sh
 # Python, which decides and words any error. Its patterns are generated from
 # the module's own tables.
 FAST_PATH = r"""oi_slow= oi_cached=
+oi_global_with_value() {{  # a runtime global option that takes the next argument
+  oi_n=$1
+  while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
+  case $oi_n in {globals}) return 0 ;; esac
+  return 1
+}}
 case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
 oi_cfg=${{{config_env}-{default_config}}}
 if [ -n "$oi_cfg" ]; then
@@ -116,9 +122,7 @@ if [ -z "$oi_slow" ]; then
       --) oi_slow=1; break ;;
       -) oi_cmd=- ;;
       -*=*) ;;
-      -*) oi_n=$oi_a
-          while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
-          case $oi_n in {globals}) oi_want=skip ;; esac ;;
+      -*) oi_global_with_value "$oi_a" && oi_want=skip ;;
       *) oi_cmd=$oi_a ;;
     esac
   done
@@ -149,9 +153,7 @@ if [ -n "$oi_exe" ]; then
 {drop_cases}
       -) set -- "$@" "$oi_a"; oi_cmd=1 ;;
       -*=*) set -- "$@" "$oi_a" ;;
-      -*) set -- "$@" "$oi_a"; oi_n=$oi_a
-          while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
-          case $oi_n in {globals}) oi_drop=keep ;; esac ;;
+      -*) set -- "$@" "$oi_a"; oi_global_with_value "$oi_a" && oi_drop=keep ;;
       *) set -- "$@" "$oi_a"; oi_cmd=1 ;;
     esac
   done
