@@ -539,29 +539,62 @@ _S_IFMT, _S_IFDIR, _S_IFLNK, _S_ISVTX = 0o170000, 0o040000, 0o120000, 0o1000
 
 
 def _check_trusted(path, st, what):
-    """As root, refuse a policy file (or its directory) a non-root user can
-    write: it decides what runs as root in every container. (posix only,
-    unless the path is a symlink: every call that reads a config runs this.)"""
+    """As root, refuse a policy file (or hooks directory) that a non-root
+    user could change or swap: it decides what runs as root in every
+    container. The file (st: what was read), every symlink followed to
+    reach it and every directory on the way must be root's and writable by
+    no one else; a sticky directory such as /tmp is fine on the way (others
+    cannot rename or remove what root put there). Uses posix only."""
     if posix.geteuid() != 0:
         return
-    checks = [(path, st)]
-    if (posix.lstat(path).st_mode & _S_IFMT) == _S_IFLNK:
-        directory = os.path.dirname(os.path.realpath(path)) or "/"
-    else:
-        directory = path.rpartition("/")[0] if "/" in path else "."
-        directory = directory or "/"
+    problem = _untrusted_step(path, st)
+    if problem:
+        raise ConfigError("%s %s: refusing it, %s" % (what, path, problem))
+
+
+def _untrusted_step(path, st):
+    """The first step on the way to path that a non-root user controls, as
+    a message; None when there is none."""
+    todo = [c for c in (path if path.startswith("/") else posix.getcwd() + "/" + path).split("/") if c]
+    todo.reverse()
+    current, links = "", 0
     try:
-        checks.append((directory, posix.stat(directory)))
-    except OSError:
-        pass
-    for name, info in checks:
-        is_sticky_dir = (info.st_mode & _S_IFMT) == _S_IFDIR and info.st_mode & _S_ISVTX
-        writable_by_others = info.st_mode & 0o022 and not (is_sticky_dir and name != path)
-        if info.st_uid != 0 or writable_by_others:
-            raise ConfigError(
-                "%s %s: refusing it, %s is writable by a non-root user (owner uid %d, mode %04o)"
-                % (what, path, "it" if name == path else "its directory " + name,
-                   info.st_uid, info.st_mode & 0o7777))
+        info = posix.lstat("/")
+        while True:
+            final = not todo
+            mode = info.st_mode
+            kind = mode & _S_IFMT
+            if kind == _S_IFLNK:
+                if info.st_uid != 0:
+                    return ("the symlink %s on its way belongs to uid %d, who can repoint it"
+                            % (current, info.st_uid))
+                links += 1
+                if links > 40:
+                    return "too many symlinks on its way"
+                target = posix.readlink(current)
+                if target.startswith("/"):
+                    current = ""
+                else:
+                    current = current.rpartition("/")[0]
+                todo.extend(reversed([c for c in target.split("/") if c]))
+                info = posix.lstat(current or "/")
+                continue
+            if final and (info.st_dev, info.st_ino) != (st.st_dev, st.st_ino):
+                return "it changed while it was read"
+            sticky_on_the_way = kind == _S_IFDIR and mode & _S_ISVTX and not final
+            if info.st_uid != 0 or (mode & 0o022 and not sticky_on_the_way):
+                return "%s is writable by a non-root user (owner uid %d, mode %04o)" % (
+                    "it" if final else "its directory " + (current or "/"), info.st_uid, mode & 0o7777)
+            if final:
+                return None
+            name = todo.pop()
+            if name == "..":
+                current = current.rpartition("/")[0]
+            elif name != ".":
+                current += "/" + name
+            info = posix.lstat(current or "/")
+    except OSError as exc:
+        return "cannot check %s on its way: %s" % (current or "/", exc.strerror)
 
 
 def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
@@ -1268,14 +1301,24 @@ def has_bind_mounts(spec):
 
 
 def _env_values(spec):
-    """{NAME: VALUE} of the container's environment; the first entry wins."""
+    """{NAME: VALUE} of the container's environment (see env_values)."""
     process = spec.get("process")
     env = process.get("env") if isinstance(process, dict) else None
+    return env_values(env if isinstance(env, list) else [])
+
+
+def env_values(env):
+    """{NAME: VALUE} of an env list as the runtimes give it to the process:
+    entries apply in order, so the last NAME=VALUE wins, and a bare NAME (no
+    "=") unsets NAME (crun; runc refuses to start such a container)."""
     values = {}
-    for entry in env if isinstance(env, list) else []:
+    for entry in env:
         if isinstance(entry, str):
-            name, _, value = entry.partition("=")
-            values.setdefault(name, value)
+            name, sep, value = entry.partition("=")
+            if sep:
+                values[name] = value
+            else:
+                values.pop(name, None)
     return values
 
 
@@ -1382,22 +1425,24 @@ def edit_env_force(spec, assignments):
 
 
 def edit_env_unset(spec, names):
-    """env-unset: remove every entry of each NAME."""
+    """env-unset: remove every entry of each NAME (bare NAME entries too)."""
     env = _process_env(spec, create=False)
     changes = []
     if env is None:
         return changes
     for name in names:
-        while True:
-            index = _find_env(env, name)
-            if index is None:
-                break
+        positions = _env_positions(env, name)
+        for index in reversed(positions):
             del env[index]
-            changes.append("process.env[%d]: removed %s" % (index, name))
+        changes.extend("process.env[%d]: removed %s" % (index, name) for index in positions)
     return changes
 
 
 def _set_env(spec, assignments, force):
+    """Defaults (force=False) are added only where the container has no value
+    for NAME, as the runtimes read it (see env_values); forced values leave
+    exactly one entry of NAME, in the place of the first, so no later
+    duplicate or bare NAME can override or unset them."""
     if not assignments:
         return []
     env = _process_env(spec, create=True)
@@ -1406,13 +1451,24 @@ def _set_env(spec, assignments, force):
     changes = []
     for assignment in assignments:
         name = assignment.partition("=")[0]
-        index = _find_env(env, name)
-        if index is None:
+        positions = _env_positions(env, name)
+        if not force:
+            if name not in env_values(env):
+                env.append(assignment)
+                changes.append("process.env: added %s" % name)
+            continue
+        if len(positions) == 1 and env[positions[0]] == assignment:
+            continue
+        if not positions:
             env.append(assignment)
             changes.append("process.env: added %s" % name)
-        elif force and env[index] != assignment:
-            env[index] = assignment
-            changes.append("process.env[%d]: replaced %s" % (index, name))
+            continue
+        for index in reversed(positions[1:]):
+            del env[index]
+        env[positions[0]] = assignment
+        changes.append("process.env[%d]: replaced %s%s" % (
+            positions[0], name, " (and %d more entries of it removed)" % (len(positions) - 1)
+            if len(positions) > 1 else ""))
     return changes
 
 
@@ -1434,14 +1490,15 @@ def _process_env(spec, create):
     return env
 
 
-def _find_env(env, name):
-    """Index of the first NAME= (or bare NAME) entry, or None."""
+def _env_positions(env, name):
+    """Indexes of every NAME=... and bare NAME entry."""
+    positions = []
     for index, entry in enumerate(env):
         if not isinstance(entry, str):
             raise InterceptorError("process.env[%d] is not a string" % index)
         if entry.partition("=")[0] == name:
-            return index
-    return None
+            positions.append(index)
+    return positions
 
 
 def edit_hooks(spec, hooks):
@@ -1993,7 +2050,7 @@ def parse_json(raw):
         try:
             value, end = _json_scanner()(text, start)
         except RecursionError:
-            raise ValueError("nested too deeply")
+            raise ValueError("nested deeper than %d levels; refusing it" % MAX_CONFIG_DEPTH)
         except (StopIteration, SystemError):
             pass        # not valid JSON: json.loads below says why
         except ValueError as exc:
@@ -2011,7 +2068,7 @@ def parse_json(raw):
     except json.JSONDecodeError as exc:
         raise ValueError("%s: line %d column %d" % (exc.msg, exc.lineno, exc.colno))
     except RecursionError:
-        raise ValueError("nested too deeply")
+        raise ValueError("nested deeper than %d levels; refusing it" % MAX_CONFIG_DEPTH)
 
 
 def parse_config(raw, path):
@@ -2022,7 +2079,122 @@ def parse_config(raw, path):
         raise InterceptorError("cannot parse %s: %s" % (path, exc))
     if not isinstance(spec, dict):
         raise InterceptorError("%s is not a JSON object" % path)
+    problem = check_keys_as_go_reads_them(spec)
+    if problem:
+        raise InterceptorError("%s: %s" % (path, problem))
     return spec
+
+
+# runc reads config.json with Go's encoding/json, which matches an object's
+# keys to the runtime-spec's fields ignoring case, with Unicode folding
+# ("mount\u017f" is "mounts", the Kelvin sign is "k"), and lets the last of
+# two such keys win. A "Mounts" after "mounts" would be the mounts runc uses,
+# unseen by every rule. So a config whose struct objects have two keys that
+# fold together, or a key that folds to a field name without being spelled
+# like it, is refused. (crun's parser matches keys exactly.) The names are
+# every JSON field of the runtime-spec's specs-go types.
+SPEC_FIELDS = frozenset("""
+    ociVersion process root hostname domainname mounts hooks annotations linux solaris windows
+    vm zos terminal consoleSize user args commandLine env cwd capabilities rlimits
+    noNewPrivileges apparmorProfile oomScoreAdj scheduler selinuxLabel ioPriority policy nice
+    priority flags runtime deadline period bounding effective inheritable permitted ambient
+    class height width uid gid umask additionalGids username path readonly destination type
+    source options uidMappings gidMappings timeout prestart createRuntime createContainer
+    startContainer poststart poststop sysctl resources cgroupsPath namespaces devices seccomp
+    rootfsPropagation maskedPaths readonlyPaths mountLabel intelRdt personality timeOffsets
+    netDevices containerID hostID size secs nanosecs hard soft pageSize limit name major minor
+    weight leafWeight rate weightDevice throttleReadBpsDevice throttleWriteBpsDevice
+    throttleReadIOPSDevice throttleWriteIOPSDevice reservation swap kernel kernelTCP swappiness
+    disableOOMKiller useHierarchy checkBeforeUpdate shares quota burst realtimeRuntime
+    realtimePeriod cpus mems idle classID priorities hcaHandles hcaObjects memory cpu pids
+    blockIO hugepageLimits network rdma unified fileMode allow access domain milestone limitpriv
+    maxShmMemory anet cappedCPU cappedMemory ncpus physical linkname lowerLink allowedAddress
+    configureAllowedAddress defrouter linkProtection macAddress layerFolders credentialSpec
+    servicing ignoreFlushesDuringBoot hyperv id idType storage count maximum iops bps
+    sandboxSize endpointList allowUnqualifiedDNSQuery DNSSearchList networkSharedContainerName
+    networkNamespace utilityVMPath hypervisor image parameters initrd format defaultAction
+    defaultErrnoRet architectures listenerPath listenerMetadata syscalls index value valueTwo
+    op names action errnoRet closID schemata l3CacheSchema memBwSchema enableCMT enableMBM
+""".split())
+# Fields whose value is a map (keys are data, matched exactly by Go), and
+# whether the map's values are structs; credentialSpec is free JSON.
+_MAP_FIELDS = {"annotations": False, "sysctl": False, "unified": False, "rdma": True,
+               "timeOffsets": True, "netDevices": True, "credentialSpec": None}
+# The characters outside ASCII that Go folds to an ASCII letter besides the
+# Kelvin sign, which str.lower() folds already (dotless i is folded too,
+# which only refuses more).
+_FOLD_TO_ASCII = {0x17F: "s", 0x131: "i"}
+_FOLDED_FIELDS = None
+# How deeply a config may nest. runc accepts up to 10000 levels; real
+# configs nest about 8 deep, and our writer recurses once per level.
+MAX_CONFIG_DEPTH = 256
+
+
+def _go_fold(key):
+    return key.translate(_FOLD_TO_ASCII).lower()
+
+
+def check_keys_as_go_reads_them(spec):
+    """None, or the first problem: a nesting deeper than MAX_CONFIG_DEPTH,
+    or keys of a runtime-spec object that Go would read differently from
+    us (see SPEC_FIELDS)."""
+    global _FOLDED_FIELDS
+    if _FOLDED_FIELDS is None:
+        _FOLDED_FIELDS = {_go_fold(name): name for name in SPEC_FIELDS}
+    # (value, depth, where, kind): kind "struct" (key rules apply), "map"
+    # (a map of structs) or "data" (no key rules).
+    stack = [(spec, 1, "", "struct")]
+    while stack:
+        value, depth, where, kind = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            top = where.partition(".")[0].partition("[")[0]
+            return "nested deeper than %d levels (under %s); refusing it" % (MAX_CONFIG_DEPTH, _json_text(top))
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (dict, list)):
+                    stack.append((item, depth + 1, "%s[%d]" % (where, index), kind))
+            continue
+        if kind == "struct":
+            problem = _struct_keys_problem(value, where)
+            if problem:
+                return problem
+        for key, item in value.items():
+            if not isinstance(item, (dict, list)):
+                continue
+            if kind == "struct":
+                if key not in SPEC_FIELDS:
+                    child = "data"
+                elif key in _MAP_FIELDS:
+                    child = "map" if _MAP_FIELDS[key] else "data"
+                else:
+                    child = "struct"
+            else:
+                child = "struct" if kind == "map" else "data"
+            stack.append((item, depth + 1, (where + "." if where else "") + key, child))
+    return None
+
+
+def _struct_keys_problem(obj, where):
+    seen = {}
+    for key in obj:
+        folded = _go_fold(key)
+        if folded in seen:
+            return ("%s%s and %s are one key to runc (Go's JSON matches keys ignoring case); "
+                    "refusing the config" % (where + ": " if where else "", _ascii_key(seen[folded]),
+                                             _ascii_key(key)))
+        seen[folded] = key
+        field = _FOLDED_FIELDS.get(folded)
+        if field is not None and field != key:
+            return ("%s%s: runc reads it as %s (Go's JSON matches keys ignoring case); refusing a key "
+                    "not spelled as the runtime-spec field" % (where + ": " if where else "",
+                                                               _ascii_key(key), _ascii_key(field)))
+    return None
+
+
+def _ascii_key(key):
+    """A key quoted for a message, anything outside ASCII escaped: a Kelvin
+    sign must not look like a K."""
+    return '"%s"' % key.encode("ascii", "backslashreplace").decode("ascii")
 
 
 class Layout(object):
@@ -2540,7 +2712,9 @@ def debug_file_stem(hostname, container_id):
 
 
 def _open_debug_dir(directory):
-    """An fd of the debug directory, created 0700 if missing; never through a symlink."""
+    """An fd of the debug directory, created 0700 if missing. Never through a
+    symlink, and only a directory of our own that no one else can write:
+    another user's directory could hold FIFOs or links in our names."""
     import errno
     try:
         os.makedirs(directory, 0o700)
@@ -2549,11 +2723,17 @@ def _open_debug_dir(directory):
             raise
     flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(directory, flags)
+        fd = os.open(directory, flags)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise OSError(exc.errno, "it is a symlink or not a directory")
         raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise OSError(errno.EPERM, "refusing it: owner uid %d, mode %04o (it must be ours and "
+                                   "writable by no one else)" % (st.st_uid, st.st_mode & 0o7777))
+    return fd
 
 
 def write_debug_files(directory, files):
@@ -2592,10 +2772,14 @@ def log_runtime_call(directory, argv):
         return
     try:
         import fcntl
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        # O_NONBLOCK: a FIFO in that name fails at once instead of blocking.
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                 | getattr(os, "O_CLOEXEC", 0))
         fd = os.open("runtime_calls.log", flags, 0o600, dir_fd=dir_fd)
         try:
             st = os.fstat(fd)
+            if (st.st_mode & _S_IFMT) != 0o100000:
+                raise OSError(0, "runtime_calls.log is not a regular file")
             if st.st_uid != os.geteuid():
                 raise OSError(0, "runtime_calls.log belongs to another user")
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -57,7 +57,7 @@ def test_lone_surrogate_survives_as_an_escape():
     (b'{"a": "\xff"}', "cannot parse c.json: invalid UTF-8 at byte 7"),
     (b'[1, 2]', "c.json is not a JSON object"),
     (b'"text"', "c.json is not a JSON object"),
-    (b'[' * 100000 + b']' * 100000, "cannot parse c.json: nested too deeply"),
+    (b'[' * 100000 + b']' * 100000, "cannot parse c.json: nested deeper than 256 levels; refusing it"),
 ])
 def test_malformed_configs(raw, message):
     with pytest.raises(oi.InterceptorError) as info:

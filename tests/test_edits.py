@@ -116,17 +116,56 @@ def test_defaults_are_applied_before_forced_values():
     assert not any(e.startswith("X=default") for e in env_of(spec))
 
 
-def test_only_the_first_existing_entry_is_looked_at_and_replaced():
-    spec = {"process": {"env": ["A=1", "B=2", "A=3"]}}
-    oi.edit_env_force(spec, ["A=9"])
-    assert env_of(spec) == ["A=9", "B=2", "A=3"]
+def test_env_force_leaves_exactly_one_entry_of_the_name():
+    # runc and crun give the process the last of repeated entries: every
+    # other entry of the name must go, or a later one would win.
+    spec = {"process": {"env": ["A=1", "B=2", "A=3", "A", "A=4"]}}
+    changes = oi.edit_env_force(spec, ["A=9"])
+    assert env_of(spec) == ["A=9", "B=2"]
+    assert changes == ["process.env[0]: replaced A (and 3 more entries of it removed)"]
+    assert oi.edit_env_force(spec, ["A=9"]) == []
 
 
-def test_env_entry_without_equals_counts_as_set():
-    spec = {"process": {"env": ["A"]}}
-    assert oi.edit_env_defaults(spec, ["A=1"]) == []
-    oi.edit_env_force(spec, ["A=1"])
-    assert env_of(spec) == ["A=1"]
+def test_env_force_replaces_a_bare_name_and_what_follows_it():
+    spec = {"process": {"env": ["HTTP_PROXY", "HTTP_PROXY=evil"]}}
+    oi.edit_env_force(spec, ["HTTP_PROXY=http://proxy:3128"])
+    assert env_of(spec) == ["HTTP_PROXY=http://proxy:3128"]
+
+
+def test_env_values_are_read_as_the_runtimes_read_them():
+    # Last entry wins; a bare name unsets (crun's putenv; runc refuses it).
+    assert oi.env_values(["A=1", "A=2"]) == {"A": "2"}
+    assert oi.env_values(["A=1", "A"]) == {}
+    assert oi.env_values(["A", "A=1"]) == {"A": "1"}
+    assert oi.env_values(["A=x=y", 3, "B="]) == {"A": "x=y", "B": ""}
+
+
+def test_env_default_looks_at_the_last_entry():
+    spec = {"process": {"env": ["A=1", "A"]}}        # A ends up unset
+    assert oi.edit_env_defaults(spec, ["A=d"]) == ["process.env: added A"]
+    assert env_of(spec) == ["A=1", "A", "A=d"]
+    spec = {"process": {"env": ["A", "A=1"]}}        # A ends up set
+    assert oi.edit_env_defaults(spec, ["A=d"]) == []
+
+
+def test_env_unset_removes_every_entry_of_the_name():
+    spec = {"process": {"env": ["A=1", "B=2", "A", "A=3"]}}
+    oi.edit_env_unset(spec, ["A"])
+    assert env_of(spec) == ["B=2"]
+
+
+def test_env_condition_reads_the_last_entry():
+    cond = oi.parse_condition({"env": {"MODE": "^ci$"}}, extended=True)
+    assert oi.condition_matches(cond, {"process": {"env": ["MODE=prod", "MODE=ci"]}})
+    assert not oi.condition_matches(cond, {"process": {"env": ["MODE=ci", "MODE=prod"]}})
+    assert not oi.condition_matches(cond, {"process": {"env": ["MODE=ci", "MODE"]}})
+
+
+def test_systemd_opt_out_reads_the_last_entry():
+    on = {"process": {"env": ["OCI_INTERCEPTOR_SYSTEMD=off", "OCI_INTERCEPTOR_SYSTEMD=on"]}}
+    off = {"process": {"env": ["OCI_INTERCEPTOR_SYSTEMD=on", "OCI_INTERCEPTOR_SYSTEMD=off"]}}
+    assert not oi.systemd_disabled_by_container(on)
+    assert oi.systemd_disabled_by_container(off)
 
 
 def test_empty_value_is_a_value():

@@ -213,8 +213,8 @@ def test_extended_conditions():
     spec = spec_with(env=["MODE=debug", "MODE=other", "X="])
     assert matches({"hostname": "^web-[0-9]+$"}, spec)
     assert not matches({"hostname": "^db"}, spec)
-    assert matches({"env": {"MODE": "^debug$", "X": "^$"}}, spec)
-    assert not matches({"env": {"MODE": "^other$"}}, spec)      # the first entry counts
+    assert matches({"env": {"MODE": "^other$", "X": "^$"}}, spec)
+    assert not matches({"env": {"MODE": "^debug$"}}, spec)      # the last entry counts, as in runc and crun
     assert not matches({"env": {"MISSING": ""}}, spec)
     with pytest.raises(ValueError, match="unknown condition"):
         oi.parse_condition({"hostname": "x"}, extended=False)
@@ -239,7 +239,7 @@ def mounts_of(*destinations):
 
 def test_env_unset():
     spec = spec_with(env=["A=1", "B=2", "A=3"])
-    assert oi.edit_env_unset(spec, ["A", "C"]) == ["process.env[0]: removed A", "process.env[1]: removed A"]
+    assert oi.edit_env_unset(spec, ["A", "C"]) == ["process.env[0]: removed A", "process.env[2]: removed A"]
     assert spec["process"]["env"] == ["B=2"]
     assert oi.edit_env_unset({"hostname": "x"}, ["A"]) == []
 
