@@ -221,8 +221,8 @@ POLICY = oi.Rule("r", None, {"readonly-networking-mounts": True, "env": ["A=1"],
                        json_values, max_size=6))
 def test_any_config_is_edited_or_refused_with_one_line(spec):
     raw = json.dumps(spec).encode()
-    parsed = oi.parse_config(raw, "config.json")
     try:
+        parsed = oi.parse_config(raw, "config.json")
         changes = oi.apply_rules(parsed, [POLICY], oi.EditContext("c", cgroup_version=1))
     except oi.InterceptorError as exc:
         assert "\n" not in str(exc)
@@ -231,6 +231,70 @@ def test_any_config_is_edited_or_refused_with_one_line(spec):
     again = oi.parse_config(out, "config.json")
     assert oi.json_equal(again, parsed)
     assert oi.apply_rules(again, [POLICY], oi.EditContext("c", cgroup_version=1)) == [], changes
+
+
+env_entries = st.lists(st.one_of(
+    st.builds("{}={}".format, st.sampled_from(["A", "B", "a"]), st.sampled_from(["", "1", "x=y", "evil"])),
+    st.sampled_from(["A", "B", "a"])), max_size=8)
+
+
+@HYPOTHESIS
+@given(env_entries)
+def test_env_edits_hold_whatever_entries_repeat(env):
+    """What the process gets (runc and crun: entries apply in order, the
+    last wins, a bare name unsets) is what the policy asked for."""
+    def process_env(entries):
+        values = {}
+        for entry in entries:
+            name, sep, value = entry.partition("=")
+            if sep:
+                values[name] = value
+            else:
+                values.pop(name, None)
+        return values
+    before = process_env(env)
+    spec = {"process": {"env": list(env)}}
+    oi.edit_env_force(spec, ["A=forced"])
+    assert process_env(spec["process"]["env"])["A"] == "forced"
+    assert [e.partition("=")[0] for e in spec["process"]["env"]].count("A") == 1
+    assert process_env(spec["process"]["env"]).get("B") == before.get("B")
+    spec = {"process": {"env": list(env)}}
+    oi.edit_env_defaults(spec, ["A=default"])
+    assert process_env(spec["process"]["env"])["A"] == before.get("A", "default")
+    spec = {"process": {"env": list(env)}}
+    oi.edit_env_unset(spec, ["A"])
+    assert all(e.partition("=")[0] != "A" for e in spec["process"]["env"])
+    assert oi.env_values(env) == before
+
+
+folded_keys = st.sampled_from(["mounts", "Mounts", "mount\u017f", "MOUNTS", "process", "Process", "env", "ENV",
+                               "\u212aernel", "kernel", "hooks", "x", "X", "annotations"])
+config_objects = st.recursive(st.text(max_size=3), lambda children: st.dictionaries(folded_keys, children,
+                                                                                   max_size=5), max_leaves=12)
+
+
+@HYPOTHESIS
+@given(st.dictionaries(folded_keys, config_objects, max_size=6))
+def test_an_accepted_config_reads_the_same_to_go(spec):
+    """A reference reader that, like Go's, matches keys to the spec's fields
+    ignoring case (str.casefold folds the long s and the Kelvin sign too)
+    finds every field under its exact name in any config we accept."""
+    problem = oi.check_keys_as_go_reads_them(spec)
+    if problem is not None:
+        assert "\n" not in problem
+        return
+    fields = {name.casefold(): name for name in oi.SPEC_FIELDS}
+
+    def walk(obj, is_struct):
+        if not isinstance(obj, dict):
+            return
+        for key, value in obj.items():
+            field = fields.get(key.casefold())
+            if is_struct and field is not None:
+                assert key == field, (key, field)
+                assert [k for k in obj if k.casefold() == key.casefold()] == [key]
+            walk(value, is_struct and field is not None and field != "annotations")
+    walk(spec, True)
 
 
 @HYPOTHESIS
