@@ -15,8 +15,9 @@ The file reads top to bottom like the call it handles:
   5. Edits           small functions over the spec dict, run as a pipeline
   6. JSON            raw parsing and writing, equality, pointers
   7. Bundle I/O      read, edit, write atomically
-  8. Reporting       errors to stderr and the runtime's --log; debug output
-  9. Exec and main   dry run, config check, exec
+  8. Records         which runtime (and mode) each container was created with
+  9. Reporting       errors to stderr and the runtime's --log; debug output
+ 10. Exec and main   lifecycle calls, dry run, config check, exec
 
 Standard library only, valid Python 3.6 and newer. Modules that a plain
 passthrough call does not need (json, re, difflib, ...) are imported inside
@@ -322,6 +323,7 @@ def split_command_line(args):
             i += 1
     if error is not None:
         error.runtime_args = runtime_args
+        error.opts = opts
         raise error
     return opts, runtime_args
 
@@ -1016,6 +1018,25 @@ COMMAND_OPTIONS_WITH_VALUE = frozenset((
 ))
 
 
+# The other subcommands that name a container, and their options that take
+# a value (runc, crun), so that the container id is found after them.
+LIFECYCLE_OPTIONS_WITH_VALUE = {
+    "start": frozenset(), "state": frozenset(), "kill": frozenset(), "delete": frozenset(),
+    "pause": frozenset(), "resume": frozenset(),
+    "exec": frozenset(("console-socket", "pidfd-socket", "cwd", "env", "e", "user", "u",
+                       "additional-gids", "g", "process", "p", "pid-file", "process-label",
+                       "apparmor", "cap", "c", "preserve-fds", "cgroup")),
+    "ps": frozenset(("format", "f")),
+    "events": frozenset(("interval",)),
+    "update": frozenset(("r", "resources", "blkio-weight", "cpu-period", "cpu-quota", "cpu-share",
+                         "cpu-rt-period", "cpu-rt-runtime", "cpuset-cpus", "cpuset-mems", "cpu-idle",
+                         "kernel-memory", "kernel-memory-tcp", "memory", "memory-reservation",
+                         "memory-swap", "pids-limit", "l3-cache-schema", "mem-bw-schema")),
+    "checkpoint": frozenset(("image-path", "work-path", "parent-path", "page-server",
+                             "manage-cgroups-mode", "empty-ns", "lsm-profile", "lsm-mount-context")),
+}
+
+
 class RuntimeCall(object):
     """What the runtime is asked to do, read from its argument list."""
 
@@ -1028,6 +1049,7 @@ class RuntimeCall(object):
         self.bundle = None
         self.config_file = None      # crun's -f/--config
         self.container_id = None
+        self.root = None             # the runtime's --root: its state directory
 
     @property
     def edits_config(self):
@@ -1057,8 +1079,16 @@ def parse_runtime_call(args):
             call.log_path = value
         elif name == "log-format":
             call.log_format = value
+        elif name == "root":
+            call.root = value
     if call.edits_config:
         _parse_command_options(call)
+    elif call.command in LIFECYCLE_OPTIONS_WITH_VALUE:
+        for kind, item in _walk_options(call.command_args, LIFECYCLE_OPTIONS_WITH_VALUE[call.command]):
+            if kind != "option":
+                if kind == "word" or item < len(call.command_args):
+                    call.container_id = call.command_args[item]
+                break
     return call
 
 
@@ -1595,6 +1625,7 @@ class EditContext(object):
     def __init__(self, container_id=None, cgroup_version=None):
         self.container_id = container_id
         self._cgroup_version = cgroup_version
+        self.runtime_path = None    # a rule's "runtime-path": the runtime that runs this container
 
     @property
     def cgroup_version(self):
@@ -1740,11 +1771,13 @@ def _systemd_cgroups(spec, mounts, context):
 TERM_SIGNALS = ("TERM", "SIGTERM", "15")
 
 
-def systemd_kill_args(call, runtime, runtime_args):
+def systemd_kill_args(call, runtime, runtime_args, systemd=None):
     """`kill ID TERM` (SIGTERM, 15, or no signal: runc's default) of a
     container created in systemd mode becomes `kill ID 37`: systemd as PID 1
     answers SIGTERM by re-executing itself and keeps running, while
-    SIGRTMIN+3 halts it cleanly. Other signals and containers pass through."""
+    SIGRTMIN+3 halts it cleanly. Other signals and containers pass through.
+    systemd: the container's mode when its record says it; None: ask the
+    runtime for the container's config."""
     args = call.command_args
     positional = [i for i, a in enumerate(args) if not a.startswith("-")]
     if not positional:
@@ -1754,7 +1787,9 @@ def systemd_kill_args(call, runtime, runtime_args):
     if signal.upper() not in TERM_SIGNALS:
         return runtime_args
     global_args = runtime_args[:len(runtime_args) - len(args) - 1]
-    if not created_in_systemd_mode(runtime, global_args, args[positional[0]]):
+    if systemd is None:
+        systemd = created_in_systemd_mode(runtime, global_args, args[positional[0]])
+    if not systemd:
         return runtime_args
     new_args = list(args)
     if signal_index is None:
@@ -1838,6 +1873,14 @@ def edit_json_patch(spec, operations):
     return ["json-patch: %s %s" % (op["op"], op["path"]) for op in operations if op["op"] != "test"]
 
 
+def edit_runtime_path(spec, path, context):
+    """runtime-path (in a rule): the containers the rule selects run under
+    this runtime, and every later call of such a container follows them
+    there (see section 8). Not an edit of the config: nothing is written."""
+    context.runtime_path = path
+    return []
+
+
 class Action(object):
     """A key a rule may have: how its value is checked, which edit applies
     it, and whether the edit needs the EditContext too."""
@@ -1883,6 +1926,11 @@ ACTIONS = (
     Action("json-patch", _valid_json_patch, edit_json_patch,
            "[OP, ...]: an RFC 6902 JSON patch of the whole config; a failed \"test\" "
            "refuses the container."),
+    Action("runtime-path", _valid_nonempty_string, edit_runtime_path,
+           "PATH: run the containers the rule selects under this runtime (a bare name is looked "
+           "up as --oi-runtime-path is; a relative path is relative to the config file). Every "
+           "later call of such a container (exec, kill, delete, ...) goes to the same runtime.",
+           uses_context=True),
 )
 
 
@@ -2576,7 +2624,7 @@ def _process_exists(pid):
 
 
 class EditResult(object):
-    def __init__(self, path, raw, stat, spec, rules, changes, new_raw, parsed):
+    def __init__(self, path, raw, stat, spec, rules, changes, new_raw, parsed, context):
         self.path = path
         self.raw = raw              # the config as read
         self.stat = stat            # its os.stat_result
@@ -2585,6 +2633,13 @@ class EditResult(object):
         self.changes = changes
         self.new_raw = new_raw      # what is (or would be) written; None: unchanged
         self.parsed = parsed        # PRETTY form before edits, when asked for
+        self.context = context      # the EditContext: a rule's runtime-path, ...
+
+    @property
+    def systemd(self):
+        """Does the container run in systemd mode (our mark is on it)?"""
+        annotations = self.spec.get("annotations")
+        return isinstance(annotations, dict) and annotations.get(SYSTEMD_ANNOTATION) == "true"
 
 
 def plan_edit(call, policy, keep_parsed=False):
@@ -2596,19 +2651,24 @@ def plan_edit(call, policy, keep_parsed=False):
     spec = parse_config(raw, path)
     parsed = serialize_config(spec, PRETTY) if keep_parsed else None
     rules = matching_rules(spec, policy)
-    changes = apply_rules(spec, rules, EditContext(call.container_id))
+    context = EditContext(call.container_id)
+    changes = apply_rules(spec, rules, context)
     new_raw = None
     if changes:
         new_raw = serialize_config(spec, Layout.of(raw))
         if new_raw == raw:
             new_raw = None
-    return EditResult(path, raw, st, spec, rules, changes, new_raw, parsed)
+    return EditResult(path, raw, st, spec, rules, changes, new_raw, parsed, context)
 
 
 def edit_bundle(call, policy):
     """Edit the call's config in place (only when something changed), and
-    keep debug copies if asked. Returns the EditResult."""
+    keep debug copies if asked. Returns (EditResult, the runtime to run),
+    the runtime found before anything is written."""
+    runtime = find_runtime(policy.runtime_path)
     result = plan_edit(call, policy, keep_parsed=policy.write_debug_output)
+    if result.context.runtime_path is not None:
+        runtime = find_runtime(result.context.runtime_path)
     if result.new_raw is not None:
         write_atomically(result.path, result.new_raw, result.stat)
     if policy.write_debug_output:
@@ -2617,11 +2677,205 @@ def edit_bundle(call, policy):
         if result.changes:
             files.append((name + "_modified.json", serialize_config(result.spec, PRETTY)))
         write_debug_files(policy.debug_output_dir, files)
-    return result
+    return result, runtime
 
 
 # ---------------------------------------------------------------------------
-# 8. Reporting: errors to stderr and the runtime's --log; debug output
+# 8. Records: which runtime (and mode) each container was created with
+# ---------------------------------------------------------------------------
+#
+# A call that names an existing container (start, exec, kill, delete, ...)
+# must reach the runtime that created it, whatever has become of the policy
+# since: a rule's runtime-path may have sent it elsewhere, and the config
+# file may be broken, changed or gone. So, as root, create records what the
+# later calls cannot work out without the policy: the runtime, when it is not
+# the one the command line alone names (--oi-runtime-path, else runc), and
+# whether the container runs in systemd mode (kill translates SIGTERM). One
+# small file per container, keyed by the runtime's --root and the container
+# id (an id may exist under two roots), in STATE_DIR/containers (0600 files
+# in 0700 directories, root's; anything else there is ignored). A container
+# that needs no record leaves none, so plain deployments write nothing.
+# delete removes the record once the runtime has deleted the container; a
+# record left by a crash is harmless (a runtime says the container does not
+# exist) and is removed by a later create once its container is gone.
+
+RECORDS_SUBDIR = "containers"
+RECORD_MAGIC = "oci-interceptor-container 1"
+# A record younger than this is kept even while its container's state is
+# missing: its create may still be running.
+RECORD_GRACE_SECONDS = 600
+# Where runc, crun and youki keep state when no --root is given (as root).
+DEFAULT_RUNTIME_ROOTS = ("/run/runc", "/run/crun", "/run/youki")
+
+
+class ContainerRecord(object):
+    def __init__(self, runtime, systemd=False):
+        self.runtime = runtime      # absolute path of the runtime that created it
+        self.systemd = systemd      # created in systemd mode
+
+    def encode(self):
+        return ("%s\nruntime %s\nsystemd %s\n" % (RECORD_MAGIC, self.runtime, "yes" if self.systemd else "no")
+                ).encode("utf-8", "surrogateescape")
+
+    @classmethod
+    def decode(cls, raw):
+        lines = raw.decode("utf-8", "surrogateescape").split("\n")
+        if len(lines) < 3 or lines[0] != RECORD_MAGIC or not lines[1].startswith("runtime /"):
+            return None
+        return cls(lines[1][len("runtime "):], lines[2] == "systemd yes")
+
+
+def state_dir():
+    return getenv(STATE_DIR_ENV) or STATE_DIR
+
+
+def _records_dir():
+    return state_dir() + "/" + RECORDS_SUBDIR
+
+
+_RECORD_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def record_name(root, container_id):
+    """A file name for (root, id) that no two keys share: each escaped
+    (%XX for bytes outside [A-Za-z0-9._-]) and joined by "@"; a digest when
+    that is too long for a file name."""
+    def escape(text):
+        return "".join(c if c in _RECORD_NAME_CHARS else "".join("%%%02X" % b for b in c.encode(
+            "utf-8", "surrogateescape")) for c in text)
+    name = "%s@%s" % (escape(root or ""), escape(container_id))
+    if len(name) > 200 or name.startswith("."):
+        import hashlib
+        name = "sha256-" + hashlib.sha256(name.encode("ascii")).hexdigest()
+    return name
+
+
+def _trusted_record_dir(directory, create=False):
+    """Is directory root's with mode 0700 (made so when create)?"""
+    try:
+        if create:
+            for path in (state_dir(), directory):
+                try:
+                    posix.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+        st = posix.lstat(directory)
+    except OSError:
+        return False
+    return (st.st_mode & _S_IFMT) == _S_IFDIR and st.st_uid == 0 and st.st_mode & 0o7777 == 0o700
+
+
+def read_record(root, container_id):
+    """The container's record, or None (none, not root's, unreadable)."""
+    if posix.geteuid() != 0 or not container_id:
+        return None
+    directory = _records_dir()
+    try:
+        raw, st = read_config(directory + "/" + record_name(root, container_id))
+    except ReadError:
+        return None
+    if st.st_uid != 0 or st.st_mode & 0o7777 != 0o600 or not _trusted_record_dir(directory):
+        return None
+    return ContainerRecord.decode(raw)
+
+
+def write_record(root, container_id, record):
+    """Record how the container was created, or remove an old record of the
+    same key when record is None. Best effort, with a warning: a container
+    whose record could not be written still runs (its later calls then go
+    where the policy says)."""
+    if posix.geteuid() != 0 or not container_id:
+        return
+    directory = _records_dir()
+    path = directory + "/" + record_name(root, container_id)
+    if record is None:
+        try:
+            posix.unlink(path)
+        except OSError:
+            pass
+        return
+    if not _trusted_record_dir(directory, create=True):
+        report_warning("cannot record the runtime of container %s: %s is not root's with mode 0700"
+                       % (_quote_for_message(container_id), directory))
+        return
+    try:
+        write_atomically(path, record.encode(), mode=0o600)
+    except InterceptorError as exc:
+        report_warning("cannot record the runtime of container %s: %s" % (_quote_for_message(container_id), exc))
+        return
+    # Records of passthrough calls no longer hold for every container.
+    _forget_passthrough_records()
+    _remove_stale_records(directory)
+
+
+def _forget_passthrough_records():
+    directory = state_dir()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("passthrough-"):
+            try:
+                os.unlink(directory + "/" + name)
+            except OSError:
+                pass
+
+
+def records_agree(runtime):
+    """Does every container record say what a plain call would do anyway:
+    this runtime, no systemd mode? (Then the shell fast path may serve
+    calls that name a container.)"""
+    directory = _records_dir()
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for name in names:
+        if _TEMP_MARK in name:
+            continue
+        try:
+            record = ContainerRecord.decode(read_config(directory + "/" + name)[0])
+        except ReadError:
+            continue
+        if record is not None and (record.systemd or record.runtime != runtime):
+            return False
+    return True
+
+
+def _remove_stale_records(directory):
+    """Remove the records whose container is gone: no state of it under
+    its --root (or the runtimes' default roots), after the grace time."""
+    import time
+    now = time.time()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        root, at, escaped_id = name.rpartition("@")
+        if not at or _TEMP_MARK in name:
+            continue
+        try:
+            if now - os.lstat(directory + "/" + name).st_mtime < RECORD_GRACE_SECONDS:
+                continue
+            container_id = _unescape(escaped_id)
+            roots = [_unescape(root)] if root else DEFAULT_RUNTIME_ROOTS
+            if not any(os.path.lexists(os.path.join(r, container_id)) for r in roots if r.startswith("/")):
+                os.unlink(directory + "/" + name)
+        except (OSError, ValueError):
+            continue
+
+
+def _unescape(text):
+    import urllib.parse
+    return urllib.parse.unquote(text, errors="surrogateescape")
+
+
+# ---------------------------------------------------------------------------
+# 9. Reporting: errors to stderr and the runtime's --log; debug output
 # ---------------------------------------------------------------------------
 
 
@@ -2645,17 +2899,32 @@ def _utc_timestamp(fraction=False):
     return stamp + "Z"
 
 
-def format_log_line(message, log_format):
+def format_log_line(message, log_format, level="error"):
     """A line as runc itself writes to its --log file."""
     quoted = _string_encoders()[1](message)
     if log_format == "json":
-        return '{"level":"error","msg":%s,"time":"%s"}\n' % (quoted, _utc_timestamp())
-    return 'time="%s" level=error msg=%s\n' % (_utc_timestamp(), quoted)
+        return '{"level":"%s","msg":%s,"time":"%s"}\n' % (level, quoted, _utc_timestamp())
+    return 'time="%s" level=%s msg=%s\n' % (_utc_timestamp(), level, quoted)
 
 
 def report_error(message, call):
     """One line to stderr and, when the runtime was given --log, to that file."""
-    line = "%s: %s" % (PROG, _one_line(message))
+    _report("%s: %s" % (PROG, _one_line(message)), call, "error")
+
+
+_warned = set()
+
+
+def report_warning(message, call=None):
+    """One line to stderr (and to the runtime's --log when call is given);
+    the same warning only once per call."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    _report("%s: warning: %s" % (PROG, _one_line(message)), call, "warning")
+
+
+def _report(line, call, level):
     try:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -2669,7 +2938,7 @@ def report_error(message, call):
         return
     try:
         if not _same_file_as_stderr(fd):
-            os.write(fd, format_log_line(line, call.log_format).encode("utf-8", "backslashreplace"))
+            os.write(fd, format_log_line(line, call.log_format, level).encode("utf-8", "backslashreplace"))
     except OSError:
         pass
     finally:
@@ -2682,21 +2951,6 @@ def _same_file_as_stderr(fd):
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-_warned = set()
-
-
-def report_warning(message):
-    """One line to stderr; the same warning only once per call."""
-    if message in _warned:
-        return
-    _warned.add(message)
-    try:
-        sys.stderr.write("%s: warning: %s\n" % (PROG, _one_line(message)))
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -2825,7 +3079,7 @@ def _is_utf8(raw):
 
 
 # ---------------------------------------------------------------------------
-# 9. Exec and main: dry run, config check, exec
+# 10. Exec and main: lifecycle calls, dry run, config check, exec
 # ---------------------------------------------------------------------------
 
 
@@ -2999,12 +3253,18 @@ def remember_passthrough(argv0, opts, call, policy):
         if (dst.st_mode & _S_IFMT) != _S_IFDIR or dst.st_uid != 0 or dst.st_mode & 0o7777 != 0o700:
             return
         target = "%s/passthrough-%s" % (state_dir, name)
+        # Calls that name a container must reach the runtime its record names.
+        runtime = find_runtime(policy.runtime_path)
+        if not records_agree(runtime):
+            return
         try:
             if read_config(target)[0] == content.encode("utf-8", "surrogateescape"):
                 return
         except ReadError:
             pass
         write_atomically(target, content.encode("utf-8", "surrogateescape"), mode=0o600)
+        if not records_agree(runtime):      # a create recorded another runtime meanwhile
+            os.unlink(target)
     except (OSError, InterceptorError):
         pass
 
@@ -3045,6 +3305,9 @@ def dry_run_report(call, policy, runtime, runtime_args):
         lines.append("rules matched: %s" % (", ".join(r.name for r in result.rules) or "(none)"))
         for change in result.changes:
             lines.append("  " + change)
+        if result.context.runtime_path is not None:
+            runtime = find_runtime(result.context.runtime_path)
+            lines.append("runtime chosen by a rule: %s" % runtime)
         if result.new_raw is None:
             lines.append("config.json would not change")
         else:
@@ -3067,11 +3330,15 @@ def run(argv0, args):
     call = None
     try:
         args = adapt_drop_in(argv0, args)
+        flag_error = None
         try:
             opts, runtime_args = split_command_line(args)
         except UsageError as exc:
             call = parse_runtime_call(getattr(exc, "runtime_args", []))
-            raise
+            if call.edits_config or call.command is None or exc.opts.action or exc.opts.register:
+                raise
+            # A call of an existing container goes through even so.
+            opts, runtime_args, flag_error = exc.opts, exc.runtime_args, exc
         if opts.action == "help":
             sys.stdout.write(help_text())
             return 0
@@ -3082,22 +3349,22 @@ def run(argv0, args):
             sys.stdout.write(register(opts, argv0))
             return 0
         call = parse_runtime_call(runtime_args)
-        editing = call.edits_config or opts.dry_run or opts.action == "check-config"
-        policy = load_policy(opts, argv0, complete=editing)
-        if opts.action == "check-config":
-            sys.stdout.write(check_config_report(policy))
-            return 0
-        runtime = find_runtime(policy.runtime_path)
-        if opts.dry_run:
-            sys.stdout.write(dry_run_report(call, policy, runtime, runtime_args))
-            return 0
-        if call.edits_config:
-            edit_bundle(call, policy)
-        elif call.command == "kill" and policy.uses_systemd:
-            runtime_args = systemd_kill_args(call, runtime, runtime_args)
+        if call.edits_config or opts.dry_run or opts.action == "check-config":
+            policy = load_policy(opts, argv0, complete=True)
+            if opts.action == "check-config":
+                sys.stdout.write(check_config_report(policy))
+                return 0
+            if opts.dry_run:
+                runtime = find_runtime(policy.runtime_path)
+                sys.stdout.write(dry_run_report(call, policy, runtime, runtime_args))
+                return 0
+            runtime = create_container(call, opts, policy)
         else:
-            remember_passthrough(argv0, opts, call, policy)
-        if policy.write_debug_output:
+            runtime, runtime_args, status = lifecycle_call(argv0, opts, call, runtime_args, flag_error)
+            if status is not None:
+                return status
+            policy = None
+        if policy is not None and policy.write_debug_output:
             log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
         exec_runtime(runtime, runtime_args)
         return EXIT_FAILURE  # not reached
@@ -3110,6 +3377,99 @@ def run(argv0, args):
     except Exception as exc:  # never a traceback in the path of a container
         report_error("internal error: %s: %s" % (type(exc).__name__, exc), call)
         return EXIT_FAILURE
+
+
+def create_container(call, opts, policy):
+    """create, run, restore: edit the config (any problem refuses the
+    container), record what later calls must know; return the runtime."""
+    result, runtime = edit_bundle(call, policy)
+    record = None
+    if runtime != _command_line_runtime(opts) or result.systemd:
+        record = ContainerRecord(runtime, result.systemd)
+    write_record(call.root, call.container_id, record)
+    return runtime
+
+
+def _command_line_runtime(opts):
+    """The runtime the command line alone names (flags, else runc), or None."""
+    try:
+        return find_runtime(opts.runtime_path or DEFAULT_RUNTIME)
+    except InterceptorError:
+        return None
+
+
+def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
+    """Every call but create, run and restore: it reaches the runtime whatever
+    state the policy is in. The runtime is the one the container's record
+    names, else the policy's, else the command line's; a policy that cannot
+    be read is a warning. Returns (runtime, runtime_args, None), or
+    (runtime, args, exit status) when the call was run here (delete of a
+    recorded container, to remove the record after it)."""
+    if flag_error is not None:
+        report_warning("%s; %s goes to the runtime all the same" % (flag_error, call.command), call)
+    record = read_record(call.root, call.container_id)
+    policy = None
+    try:
+        policy = load_policy(opts, argv0, complete=False)
+    except InterceptorError as exc:
+        problem = exc
+    runtime = None
+    if record is not None:
+        if _is_executable_file(record.runtime):
+            runtime = record.runtime
+        else:
+            report_warning("container %s was created by %s, which is no longer an executable file"
+                           % (_quote_for_message(call.container_id), record.runtime), call)
+    if runtime is None:
+        runtime = find_runtime(policy.runtime_path if policy is not None
+                               else opts.runtime_path or DEFAULT_RUNTIME)
+    if policy is None:
+        report_warning("%s; %s goes to %s all the same" % (_one_line(problem), call.command, runtime), call)
+    if call.command == "kill":
+        if record is not None:
+            runtime_args = systemd_kill_args(call, runtime, runtime_args, record.systemd)
+        elif policy is not None and policy.uses_systemd:
+            runtime_args = systemd_kill_args(call, runtime, runtime_args)
+    elif call.command == "delete" and record is not None:
+        if policy is not None and policy.write_debug_output:
+            log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
+        return runtime, runtime_args, delete_and_forget(call, runtime, runtime_args)
+    if policy is not None:
+        if record is None and flag_error is None:
+            remember_passthrough(argv0, opts, call, policy)
+        if policy.write_debug_output:
+            log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
+    return runtime, runtime_args, None
+
+
+def delete_and_forget(call, runtime, runtime_args):
+    """delete of a recorded container: the runtime runs as our child (same
+    stdio; the signals we get are passed on), and the record goes once the
+    runtime has deleted the container. Returns the runtime's exit status."""
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for number in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(number, signal.SIG_DFL)
+            os.execv(runtime, [runtime] + runtime_args)
+        finally:
+            os._exit(127)
+
+    def forward(number, frame):
+        try:
+            os.kill(pid, number)
+        except OSError:
+            pass
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(number, forward)
+    status = os.waitpid(pid, 0)[1]
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    code = os.WEXITSTATUS(status)
+    if code == 0:
+        write_record(call.root, call.container_id, None)
+    return code
 
 
 def main(argv0=None, args=None):

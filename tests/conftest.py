@@ -263,6 +263,8 @@ def run(entry, args, fake=None, env=None, **kwargs):
     environ = dict(os.environ)
     if fake is not None:
         environ["FAKE_RUNTIME_OUT"] = fake.out
+        # Records of the containers this test creates stay with this test.
+        environ["OCI_INTERCEPTOR_STATE_DIR"] = fake.out + "-state"
     environ.update(env or {})
     kwargs.setdefault("timeout", 60)
     return subprocess.run(list(entry) + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

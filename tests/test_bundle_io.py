@@ -147,16 +147,16 @@ def test_edit_bundle_writes_only_when_something_changed(tmp_path):
     path.write_bytes(GO_COMPACT_STYLE)
     before = os.stat(str(path))
     policy = policy_of("--oi-env", "PATH=/other")          # already set: no change
-    assert oi.edit_bundle(make_call(tmp_path), policy).changes == []
+    assert oi.edit_bundle(make_call(tmp_path), policy)[0].changes == []
     after = os.stat(str(path))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     policy = policy_of("--oi-env", "PATH=/other", "--oi-env-force", "PATH=/other")
-    assert oi.edit_bundle(make_call(tmp_path), policy).changes == ["(global): process.env[0]: replaced PATH"]
+    assert oi.edit_bundle(make_call(tmp_path), policy)[0].changes == ["(global): process.env[0]: replaced PATH"]
     assert path.read_bytes() == GO_COMPACT_STYLE.replace(b"PATH=/bin", b"PATH=/other")
     # The same call again: same config, no write.
     written = os.stat(str(path))
-    assert oi.edit_bundle(make_call(tmp_path), policy).changes == []
+    assert oi.edit_bundle(make_call(tmp_path), policy)[0].changes == []
     assert os.stat(str(path)).st_ino == written.st_ino
 
 
