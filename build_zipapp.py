@@ -102,6 +102,13 @@ OI_SIGNATURES
   elif [ -n "$oi_p" ] && {{ [ ! -d "$oi_p" ] || [ ! -x "$oi_p" ]; }}; then oi_slow=1
   fi
 fi
+if [ -z "$oi_slow" ] && [ -z "$oi_cached" ]; then
+  # Records of containers created with a runtime or mode of their own (see
+  # the module's section 8): only Python reads them.
+  for oi_r in "${{{state_dir_env}:-{state_dir}}}"/{records}/*; do
+    [ -e "$oi_r" ] && oi_slow=1; break
+  done
+fi
 if [ -z "$oi_cached" ]; then oi_runtime={default_runtime}; fi
 oi_want= oi_cmd= oi_ours=
 if [ -z "$oi_slow" ]; then
@@ -193,7 +200,7 @@ def fast_path(module):
     our_flags = "|".join(["--oi-*"] + ["%s|%s=*" % (n, n) for n in ours if not n.startswith("--oi-")])
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
-        state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR,
+        state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR, records=module.RECORDS_SUBDIR,
         magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,

@@ -2808,6 +2808,29 @@ def write_record(root, container_id, record):
     _remove_stale_records(directory)
 
 
+def runtime_of_root(root):
+    """The runtime every recorded container under this --root has, if they
+    all have the same one (for calls that name no container: list)."""
+    if posix.geteuid() != 0 or not root:
+        return None
+    directory = _records_dir()
+    prefix = record_name(root, "")
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return None
+    runtimes = set()
+    for name in names:
+        record = read_record(root, _unescape(name[len(prefix):]))
+        if record is not None:
+            runtimes.add(record.runtime)
+    if len(runtimes) == 1:
+        runtime = runtimes.pop()
+        if _is_executable_file(runtime):
+            return runtime
+    return None
+
+
 def _forget_passthrough_records():
     directory = state_dir()
     try:
@@ -3384,7 +3407,10 @@ def create_container(call, opts, policy):
     container), record what later calls must know; return the runtime."""
     result, runtime = edit_bundle(call, policy)
     record = None
-    if runtime != _command_line_runtime(opts) or result.systemd:
+    # Later calls go where the policy says, or where the command line says
+    # when the policy cannot be read: a record only where that is wrong.
+    if (result.systemd or result.context.runtime_path is not None
+            or runtime != _command_line_runtime(opts)):
         record = ContainerRecord(runtime, result.systemd)
     write_record(call.root, call.container_id, record)
     return runtime
@@ -3420,6 +3446,8 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
         else:
             report_warning("container %s was created by %s, which is no longer an executable file"
                            % (_quote_for_message(call.container_id), record.runtime), call)
+    if runtime is None and call.container_id is None:
+        runtime = runtime_of_root(call.root)          # list: the runtime of that root's containers
     if runtime is None:
         runtime = find_runtime(policy.runtime_path if policy is not None
                                else opts.runtime_path or DEFAULT_RUNTIME)
