@@ -68,8 +68,9 @@ oi_global_with_value() {{  # a runtime global option that takes the next argumen
 case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
 oi_cfg=${{{config_env}-{default_config}}}
 if [ -n "$oi_cfg" ]; then
-  # No config file: the file, or else its nearest existing ancestor must be
-  # a searchable directory, so that Python would see "No such file" too.
+  # No config file: only the built-in default may be absent, and then the
+  # file, or else its nearest existing ancestor must be a searchable
+  # directory, so that Python would see "No such file" too.
   oi_p=$oi_cfg
   while [ -n "$oi_p" ] && [ ! -e "$oi_p" ] && [ ! -L "$oi_p" ]; do
     case $oi_p in */*) oi_p=${{oi_p%/*}} ;; *) oi_p= ;; esac
@@ -99,6 +100,7 @@ OI_SIGNATURES
            fi
          fi ;;
     esac
+  elif [ -n "${{{config_env}+set}}" ]; then oi_slow=1  # a file named by {config_env} must exist
   elif [ -n "$oi_p" ] && {{ [ ! -d "$oi_p" ] || [ ! -x "$oi_p" ]; }}; then oi_slow=1
   fi
 fi

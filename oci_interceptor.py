@@ -183,9 +183,10 @@ FLAGS = (
               "cgroup namespace with a writable view of the container's own cgroup only, and halts "
               "such a container cleanly on SIGTERM. A container turns it off with the env "
               "OCI_INTERCEPTOR_SYSTEMD=off (or oci-systemd-hook=disabled)."),
-    Flag("--oi-config", "value", "config", metavar="FILE", check=_check_not_empty,
-         help="Read policy from this JSON file instead of %s (which is read only "
-              "if it exists; $%s names another default)." % (DEFAULT_CONFIG, CONFIG_ENV)),
+    Flag("--oi-config", "value", "config", metavar="FILE",
+         help="Read policy from this JSON file instead of %s, which is read only "
+              "if it exists; a file named here or by $%s must exist. An empty "
+              "value (as an empty $%s): no config file." % (DEFAULT_CONFIG, CONFIG_ENV, CONFIG_ENV)),
     Flag("--oi-profile", "value", "profile", metavar="NAME", check=_check_not_empty,
          help="Apply this named profile of the config file. Without it, the profile "
               "named like the program (a symlink's name) applies, if there is one."),
@@ -426,8 +427,10 @@ def _wrap(text, indent, width=78):
 # hooks 1.0.0 file, and the config file's own rules in file order.
 #
 # Precedence: built-in defaults < config file top level < profile < flags.
-# Lists (env, env-force, hook-config-path, hooks-dir) add up in that order;
-# single values are overridden. A profile's rules follow the file's rules.
+# Lists (env, env-force, hook-config-path, hooks-dir) add up in that order,
+# a later NAME= replacing an earlier one in env and env-force; single values
+# are overridden. A profile's rules follow the file's rules. A config file's
+# relative paths are relative to its directory.
 
 
 class Rule(object):
@@ -444,6 +447,7 @@ class Policy(object):
         self.write_debug_output = False
         self.debug_output_dir = DEFAULT_DEBUG_DIR
         self.config_path = None
+        self.config_sought = None   # (path or None, who named it) when no file was read
         self.profile = None
         self.rules = []
         self.files = []             # every policy file read, in order
@@ -466,24 +470,23 @@ def load_policy(opts, argv0, complete=True):
     settings = {}
     rules = []
     path, explicit = _config_file_to_read(opts)
-    if path is not None:
-        data = _load_config_file(path, explicit)
-        if data is not None:
-            policy.config_path = path
-            policy.files.append(path)
-            settings, rules = _read_config_data(data, path, opts.profile, argv0, policy, complete)
-    elif opts.profile is not None:
-        raise ConfigError("--oi-profile %s: there is no config file" % _quote_for_message(opts.profile))
+    data = _load_config_file(path, explicit) if path is not None else None
+    if data is not None:
+        policy.config_path = path
+        policy.files.append(path)
+        settings, rules = _read_config_data(data, path, opts.profile, argv0, policy, complete)
+    else:
+        policy.config_sought = (path, explicit)
+        if opts.profile is not None:
+            raise ConfigError("--oi-profile %s: there is no config file (%s)"
+                              % (_quote_for_message(opts.profile), _no_config_file_reason(path, explicit)))
 
+    flag_settings = {}
     for flag in FLAGS:
-        if not flag.key:
-            continue
-        value = getattr(opts, flag.dest)
-        if flag.kind == "list":
-            if value:
-                settings[flag.key] = settings.get(flag.key, []) + value
-        elif value is not None:
-            settings[flag.key] = value
+        value = getattr(opts, flag.dest) if flag.key else None
+        if value is not None and value != []:
+            flag_settings[flag.key] = value
+    _merge_settings(settings, flag_settings)
 
     policy.runtime_path = settings.get("runtime-path", DEFAULT_RUNTIME)
     policy.write_debug_output = settings.get("write-debug-output", False)
@@ -509,20 +512,35 @@ def load_policy(opts, argv0, complete=True):
 
 
 def _config_file_to_read(opts):
-    """(path, explicit): the --oi-config file, else the default if any."""
+    """(path, explicit): the file --oi-config or $OCI_INTERCEPTOR_CONFIG
+    names, explicit then saying which of them ("--oi-config", "$NAME");
+    else the built-in default, explicit False. path None: no config file
+    (either of them given as "")."""
     if opts.config is not None:
-        return opts.config, True
-    default = getenv(CONFIG_ENV)
-    if default is None:
-        default = DEFAULT_CONFIG
-    if not default:
-        return None, False
-    return default, False
+        return opts.config or None, "--oi-config"
+    named = getenv(CONFIG_ENV)
+    if named is not None:
+        return named or None, "$" + CONFIG_ENV
+    return DEFAULT_CONFIG, False
+
+
+def _no_config_file_reason(path, explicit):
+    if path is None:
+        return "%s is empty" % explicit
+    return "%s does not exist" % path
 
 
 def _load_config_file(path, explicit):
-    """The parsed JSON of a policy file; None when the default file is absent."""
-    read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
+    """The parsed JSON of a policy file; None when the built-in default file
+    is absent. A file named explicitly must exist: a typo in its name must
+    not run every container without its policy."""
+    import errno
+    try:
+        read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
+    except ConfigError as exc:
+        if explicit and getattr(exc, "errno", None) == errno.ENOENT:
+            raise ConfigError("%s (named by %s)" % (exc, explicit))
+        raise
     if read is None:
         return None
     try:
@@ -575,7 +593,7 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     _no_unknown_keys(data, allowed, "", fail)
     if data.get("version") != CONFIG_VERSION:
         fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
-    settings = _read_settings(data, "", fail)
+    settings = _resolve_relative_paths(_read_settings(data, "", fail), path)
     rules = _read_rules(data.get("rules", []), "rules", path, fail, complete)
 
     profiles = data.get("profiles", {})
@@ -596,19 +614,83 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     chosen = None
     for name, profile in profiles.items():
         where = "profiles.%s" % name
-        profile_settings = _read_settings(profile, where + ".", fail)
+        profile_settings = _resolve_relative_paths(_read_settings(profile, where + ".", fail), path)
         profile_rules = _read_rules(profile.get("rules", []), where + ".rules", path, fail, complete)
         if name == profile_name:
             chosen = (profile_settings, profile_rules)
     if chosen is not None:
         policy.profile = profile_name
-        for key, value in chosen[0].items():
-            if _SETTING_KEYS[key][1] == "list":
-                settings[key] = settings.get(key, []) + value
-            else:
-                settings[key] = value
+        _merge_settings(settings, chosen[0])
         rules = rules + chosen[1]
     return settings, rules
+
+
+def _merge_settings(settings, later):
+    """Merge the settings of a later source (the profile, the flags) into
+    settings: values replace; lists add up; in env and env-force a later
+    NAME= replaces an earlier one (both stay defaults or forced values)."""
+    for key, value in later.items():
+        kind = _SETTING_KEYS[key][1]
+        if kind == "env":
+            settings[key] = _merge_env(settings.get(key, []), value)
+        elif kind == "list":
+            settings[key] = settings.get(key, []) + value
+        else:
+            settings[key] = value
+
+
+def _merge_env(earlier, later):
+    """NAME=VALUE lists, the later assignment of a NAME replacing the earlier
+    one where it stood."""
+    merged, where = [], {}
+    for item in list(earlier) + list(later):
+        name = item.partition("=")[0]
+        if name in where:
+            merged[where[name]] = item
+        else:
+            where[name] = len(merged)
+            merged.append(item)
+    return merged
+
+
+# Settings that name files: relative ones in a config file are relative to
+# the file's directory (the runtime's working directory is the bundle).
+_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path")
+
+
+def _resolve_relative_paths(settings, config_path):
+    """A config file's relative paths made absolute, against its directory
+    (a runtime-path without a slash stays a name looked up on PATH)."""
+    directory = None
+    for key in _PATH_SETTINGS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if all(item.startswith("/") or (key == "runtime-path" and "/" not in item) for item in values):
+            continue
+        if directory is None:
+            directory = config_path.rpartition("/")[0] if "/" in config_path else "."
+            if not config_path.startswith("/"):
+                directory = posix.getcwd() + "/" + directory
+            directory = directory or "/"
+        resolved = [item if item.startswith("/") or (key == "runtime-path" and "/" not in item)
+                    else _join_path(directory, item) for item in values]
+        settings[key] = resolved if isinstance(value, list) else resolved[0]
+    return settings
+
+
+def _join_path(directory, relative):
+    """An absolute directory + a relative path, without "." and ".." steps
+    (as posixpath.normpath, which would import os)."""
+    parts = []
+    for part in (directory + "/" + relative).split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/" + "/".join(parts)
 
 
 def _no_unknown_keys(data, allowed, prefix, fail):
@@ -750,12 +832,13 @@ def _valid_destination_globs(value):
 
 
 # The settings a config file (and a profile) may have, and how each is
-# checked and merged: "list" values add up, "value" ones replace.
+# checked and merged: "list" values add up, "value" ones replace, "env"
+# lists add up with a later NAME= replacing an earlier one.
 _SETTING_KEYS = {
     "runtime-path": (_valid_nonempty_string, "value"),
     "readonly-networking-mounts": (_valid_bool, "value"),
-    "env": (_valid_env_list, "list"),
-    "env-force": (_valid_env_list, "list"),
+    "env": (_valid_env_list, "env"),
+    "env-force": (_valid_env_list, "env"),
     "hook-config-path": (_valid_path_list, "list"),
     "hooks-dir": (_valid_path_list, "list"),
     "write-debug-output": (_valid_bool, "value"),
@@ -897,7 +980,9 @@ def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     except ReadError as exc:
         if missing_ok and exc.errno == errno.ENOENT:
             return None
-        raise ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
+        error = ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
+        error.errno = exc.errno
+        raise error
     _check_trusted(path, st, trusted_as or what)
     return raw, st
 

@@ -78,12 +78,37 @@ def test_default_config_file(tmp_path, monkeypatch):
     monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", path)
     opts, _ = oi.split_command_line(["state", "x"])
     assert oi.load_policy(opts, "oci-interceptor").runtime_path == "crun"
-    # An absent default file is fine; an absent explicit one is not.
-    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", str(tmp_path / "absent.json"))
-    assert oi.load_policy(opts, "oci-interceptor").runtime_path == "runc"
-    opts, _ = oi.split_command_line(["--oi-config", str(tmp_path / "absent.json"), "state", "x"])
-    with pytest.raises(oi.ConfigError, match="absent.json: No such file or directory"):
-        oi.load_policy(opts, "oci-interceptor")
+    # An empty variable or --oi-config= means no config file.
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", "")
+    p = oi.load_policy(opts, "oci-interceptor")
+    assert (p.config_path, p.config_sought, p.rules) == (None, (None, "$OCI_INTERCEPTOR_CONFIG"), [])
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", path)
+    p = oi.load_policy(oi.split_command_line(["--oi-config=", "create", "x"])[0], "oci-interceptor")
+    assert (p.config_path, p.config_sought, p.runtime_path) == (None, (None, "--oi-config"), "runc")
+
+
+def test_a_config_file_named_explicitly_must_exist(tmp_path, monkeypatch):
+    """A typo in OCI_INTERCEPTOR_CONFIG or --oi-config is an error, not "no policy"."""
+    typo = str(tmp_path / "confg.json")
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", typo)
+    for args in (["create", "x"], ["--oi-check-config"], ["state", "x"]):
+        with pytest.raises(oi.ConfigError) as info:
+            oi.load_policy(oi.split_command_line(args)[0], "oci-interceptor")
+        assert str(info.value) == ("config %s: No such file or directory (named by $OCI_INTERCEPTOR_CONFIG)"
+                                   % typo)
+    monkeypatch.delenv("OCI_INTERCEPTOR_CONFIG")
+    with pytest.raises(oi.ConfigError) as info:
+        oi.load_policy(oi.split_command_line(["--oi-config", typo, "create", "x"])[0], "oci-interceptor")
+    assert str(info.value) == "config %s: No such file or directory (named by --oi-config)" % typo
+    with pytest.raises(oi.ConfigError) as info:
+        oi.load_policy(oi.split_command_line(["--oi-config=", "--oi-profile=ci", "create", "x"])[0], "oci-interceptor")
+    assert str(info.value) == "--oi-profile ci: there is no config file (--oi-config is empty)"
+    # Only the built-in default may be absent.
+    monkeypatch.setattr(oi, "DEFAULT_CONFIG", typo)
+    p = oi.load_policy(oi.split_command_line(["create", "x"])[0], "oci-interceptor")
+    assert (p.config_path, p.config_sought) == (None, (typo, False))
+    with pytest.raises(oi.ConfigError, match=r"there is no config file \(.*confg.json does not exist\)"):
+        oi.load_policy(oi.split_command_line(["--oi-profile", "ci", "create", "x"])[0], "oci-interceptor")
 
 
 @pytest.mark.parametrize("config, message", [
@@ -469,3 +494,58 @@ def test_global_rule_runs_before_hook_files_and_config_rules(tmp_path):
     p = policy(tmp_path, {"version": 1, "env": ["A=1"], "hook-config-path": hooks, "hooks-dir": [str(d)],
                           "rules": [{"name": "last", "env-force": ["Z=1"]}]})
     assert [r.name for r in p.rules] == ["(global)", "hook-config-path %s" % hooks, "hooks.d h.json", "last"]
+
+
+# --- precedence of env, relative paths ------------------------------------------------------
+
+def test_a_later_source_sets_an_env_default_or_forced_value(tmp_path):
+    """file < profile < flags for env and env-force too: a later NAME= replaces an earlier one."""
+    config = {"version": 1, "env": ["TZ=UTC", "LANG=C"], "env-force": ["PROXY=file", "KEEP=1"],
+              "profiles": {"p": {"env": ["TZ=Asia/Tokyo", "EXTRA=1"], "env-force": ["PROXY=profile"]}}}
+    p = policy(tmp_path, config, flags=["--oi-env", "TZ=Europe/Paris"])
+    assert p.rules[0].actions["env"] == ["TZ=Europe/Paris", "LANG=C"]
+    p = policy(tmp_path, config, flags=["--oi-profile", "p"])
+    assert p.rules[0].actions["env"] == ["TZ=Asia/Tokyo", "LANG=C", "EXTRA=1"]
+    assert p.rules[0].actions["env-force"] == ["PROXY=profile", "KEEP=1"]
+    p = policy(tmp_path, config, flags=["--oi-profile", "p", "--oi-env-force", "PROXY=flag", "--oi-env=TZ=a",
+                                        "--oi-env=TZ=b"])
+    assert p.rules[0].actions == {"env": ["TZ=b", "LANG=C", "EXTRA=1"], "env-force": ["PROXY=flag", "KEEP=1"]}
+    # Still a default: the container's own value beats every source.
+    spec = spec_with(env=["TZ=mine"])
+    oi.apply_rules(spec, p.rules)
+    assert spec["process"]["env"] == ["TZ=mine", "LANG=C", "EXTRA=1", "PROXY=flag", "KEEP=1"]
+    spec = spec_with(env=["PATH=/bin"])
+    oi.apply_rules(spec, p.rules)
+    assert spec["process"]["env"] == ["PATH=/bin", "TZ=b", "LANG=C", "EXTRA=1", "PROXY=flag", "KEEP=1"]
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_directory(tmp_path, monkeypatch):
+    etc = tmp_path / "etc"
+    (etc / "hooks.d").mkdir(parents=True)
+    write(etc / "hooks.json", {"hooks": {"prestart": [HOOK]}})
+    config = {"version": 1, "hook-config-path": "hooks.json", "hooks-dir": ["./hooks.d"],
+              "debug-output-dir": "../log", "runtime-path": "bin/runc",
+              "profiles": {"crun": {"runtime-path": "crun"}, "local": {"runtime-path": "./my-runtime"}}}
+    write(etc / "config.json", config)
+    elsewhere = tmp_path / "bundle"
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))          # under Docker, the bundle
+    for config_arg in (str(etc / "config.json"), "../etc/config.json"):
+        opts, _ = oi.split_command_line(["--oi-config", config_arg, "create", "x"])
+        p = oi.load_policy(opts, "oci-interceptor", complete=False)
+        assert p.debug_output_dir == str(tmp_path / "log")
+        assert p.runtime_path == str(etc / "bin" / "runc")
+        assert p.rules == []
+    opts, _ = oi.split_command_line(["--oi-config", str(etc / "config.json"), "--oi-hooks-dir", "rel.d",
+                                     "--oi-profile", "local", "create", "x"])
+    with pytest.raises(oi.ConfigError, match="hooks dir rel.d: No such file"):   # flags: relative to the cwd
+        oi.load_policy(opts, "oci-interceptor")
+    p = oi.load_policy(opts, "oci-interceptor", complete=False)
+    assert p.runtime_path == str(etc / "my-runtime")
+    opts, _ = oi.split_command_line(["--oi-config", str(etc / "config.json"), "--oi-profile", "crun", "create", "x"])
+    p = oi.load_policy(opts, "oci-interceptor")
+    assert p.runtime_path == "crun"                     # a bare name is looked up on PATH
+    assert [r.name for r in p.rules] == ["hook-config-path %s" % (etc / "hooks.json")]
+    os.rmdir(str(etc / "hooks.d"))
+    with pytest.raises(oi.ConfigError, match="hooks dir %s: No such file" % (etc / "hooks.d")):
+        oi.load_policy(opts, "oci-interceptor")
