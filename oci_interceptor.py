@@ -451,6 +451,7 @@ class Policy(object):
         self.profile = None
         self.rules = []
         self.files = []             # every policy file read, in order
+        self.hooks_dirs = []        # the hooks directories read
 
     @property
     def uses_systemd(self):
@@ -500,6 +501,7 @@ def load_policy(opts, argv0, complete=True):
         global_actions["systemd"] = settings["systemd"]
     if global_actions:
         policy.rules.append(Rule("(global)", None, global_actions, "flags and config"))
+    policy.hooks_dirs = settings.get("hooks-dir", [])
     if complete:
         for hook_file in settings.get("hook-config-path", []):
             policy.rules.append(_load_hook_config_file(hook_file))
@@ -903,8 +905,22 @@ def _objects_in_list(value, what, item):
         yield where, obj
 
 
+# The members of an OCI mount (runtime-spec config.md, "Mounts").
+MOUNT_KEYS = ("destination", "source", "type", "options", "uidMappings", "gidMappings")
+ID_MAPPING_KEYS = ("containerID", "hostID", "size")
+
+
 def _valid_mounts(value):
     for where, mount in _objects_in_list(value, "mounts", "a mount"):
+        for key in mount:
+            if key not in MOUNT_KEYS:
+                raise PathError(where + "." + key, "unknown key (allowed: %s)" % ", ".join(sorted(MOUNT_KEYS)))
+        for key in ("uidMappings", "gidMappings"):
+            if key in mount:
+                try:
+                    _valid_id_mappings(mount[key])
+                except ValueError as exc:
+                    raise _at(where + "." + key, exc)
         destination = mount.get("destination")
         if not isinstance(destination, str) or not destination.startswith("/"):
             raise PathError(where + ".destination", "expected an absolute path, found %s"
@@ -917,6 +933,19 @@ def _valid_mounts(value):
                 _valid_string_list(mount["options"])
             except ValueError as exc:
                 raise _at(where + ".options", exc)
+    return value
+
+
+def _valid_id_mappings(value):
+    for where, mapping in _objects_in_list(value, "ID mappings", "an ID mapping"):
+        for key in mapping:
+            if key not in ID_MAPPING_KEYS:
+                raise PathError(where + "." + key, "unknown key (allowed: %s)" % ", ".join(ID_MAPPING_KEYS))
+        for key in ID_MAPPING_KEYS:
+            number = mapping.get(key)
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 1 << 32:
+                raise PathError(where + "." + key, "expected a whole number from 0 to 4294967295, found %s"
+                                % _json_text(number))
     return value
 
 
@@ -1004,7 +1033,14 @@ def _load_hooks_dirs(directories):
                 chosen[name] = os.path.join(directory, name)
     for name in sorted(chosen, key=lambda n: (n.lower(), n)):
         path = chosen[name]
-        yield path, _load_hook_file(path)
+        rule = _load_hook_file(path)
+        program = next(iter(rule.actions["hooks"].values()))[0]["path"]
+        if not os.path.lexists(program):
+            # As Podman does: a package that removed its hook program but
+            # left its JSON must not break every container.
+            report_warning("hook file %s: skipped, its hook.path %s does not exist" % (path, program))
+            continue
+        yield path, rule
 
 
 def _load_hook_file(path):
@@ -2918,23 +2954,88 @@ def _stat_signature(st):
 
 
 def check_config_report(policy):
-    """The --oi-check-config summary."""
-    lines = ["%s %s: configuration is valid" % (PROG, __version__)]
-    lines.append("config file: %s" % (policy.config_path or "(none)"))
+    """The --oi-check-config summary: where the policy comes from (resolved
+    paths), and every rule's conditions and actions in full. When the
+    configuration cannot work (no runtime; a hook program missing or not
+    executable), the summary is written to stdout and ConfigError raised,
+    naming every problem in one line."""
+    problems = []
+    lines = []
+    if policy.config_path:
+        lines.append("config file: %s" % policy.config_path)
+    else:
+        lines.append("config file: (none: %s)" % _no_config_file_reason(*(policy.config_sought or (None, "none"))))
     lines.append("profile: %s" % (policy.profile or "(none)"))
     try:
         runtime = find_runtime(policy.runtime_path)
     except InterceptorError as exc:
-        runtime = "NOT FOUND (%s)" % exc
+        runtime = "NOT FOUND"
+        problems.append(str(exc))
     lines.append("runtime: %s -> %s" % (policy.runtime_path, runtime))
     lines.append("debug output: %s" % (policy.debug_output_dir if policy.write_debug_output else "off"))
-    lines.append("rules: %d" % len(policy.rules))
-    for rule in policy.rules:
-        lines.append("  %s: when %s; %s" % (rule.name, "always" if rule.when is None else "conditions",
-                                             ", ".join(a.key for a in ACTIONS if a.key in rule.actions)))
     for path in policy.files[1 if policy.config_path else 0:]:
         lines.append("hook file: %s" % path)
-    return "\n".join(lines) + "\n"
+    for directory in policy.hooks_dirs:
+        lines.append("hooks dir: %s" % directory)
+    lines.append("rules: %d" % len(policy.rules))
+    for rule in policy.rules:
+        lines.append("  %s (%s)" % (rule.name, rule.source))
+        lines.append("    when: %s" % ("always" if rule.when is None else _condition_text(rule.when)))
+        for action in ACTIONS:
+            if action.key in rule.actions:
+                lines.append("    %s: %s" % (action.key, _full_json_text(rule.actions[action.key])))
+        for key in ("prepend-hooks", "hooks"):
+            for stage, hooks in sorted(rule.actions.get(key, {}).items()):
+                for hook in hooks:
+                    problem = _hook_program_problem(hook["path"])
+                    if problem:
+                        problems.append("rule %s: %s %s: hook program %s %s"
+                                        % (rule.name, key, stage, hook["path"], problem))
+    verdict = "configuration cannot work" if problems else "configuration is valid"
+    lines.insert(0, "%s %s: %s" % (PROG, __version__, verdict))
+    lines.extend("problem: " + problem for problem in problems)
+    text = "\n".join(lines) + "\n"
+    if problems:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise ConfigError("configuration cannot work: " + "; ".join(problems))
+    return text
+
+
+def _hook_program_problem(path):
+    """Why a hook program could not run, or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        import errno
+        return "does not exist" if exc.errno == errno.ENOENT else "cannot be used: %s" % exc.strerror
+    if (st.st_mode & _S_IFMT) != 0o100000:
+        return "is not a regular file"
+    if not os.access(path, os.X_OK):
+        return "is not executable"
+    return None
+
+
+def _condition_text(cond):
+    """A Condition as the JSON `when` object it was read from."""
+    data = []
+    if cond.always is not None:
+        data.append(("always", cond.always))
+    if cond.annotations:
+        data.append(("annotations", dict((k.pattern, v.pattern) for k, v in cond.annotations)))
+    if cond.commands:
+        data.append(("commands", [p.pattern for p in cond.commands]))
+    if cond.has_bind_mounts is not None:
+        data.append(("hasBindMounts", cond.has_bind_mounts))
+    if cond.hostname is not None:
+        data.append(("hostname", cond.hostname.pattern))
+    if cond.env:
+        data.append(("env", dict((name, v.pattern) for name, v in cond.env)))
+    return _full_json_text(dict(data))
+
+
+def _full_json_text(value):
+    return serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
 
 
 def dry_run_report(call, policy, runtime, runtime_args):

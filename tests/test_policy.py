@@ -139,6 +139,19 @@ def test_a_config_file_named_explicitly_must_exist(tmp_path, monkeypatch):
      "rules[0].hooks.poststop[0].timeout: expected a whole number of seconds > 0"),
     ({"version": 1, "rules": [{"add-mounts": [{"destination": "tmp"}]}]},
      "rules[0].add-mounts[0].destination: expected an absolute path"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "typ": "tmpfs"}]}]},
+     "rules[0].add-mounts[0].typ: unknown key (allowed: destination, gidMappings, options, source, type, "
+     "uidMappings)"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "uidMappings": [{"containerID": 0,
+                                                                                      "hostId": 1, "size": 1}]}]}]},
+     "rules[0].add-mounts[0].uidMappings[0].hostId: unknown key (allowed: containerID, hostID, size)"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "gidMappings": [{"containerID": 0,
+                                                                                      "hostID": -1, "size": 1}]}]}]},
+     "rules[0].add-mounts[0].gidMappings[0].hostID: expected a whole number from 0 to 4294967295, found -1"),
+    ({"version": 1, "rules": [{"hooks": {"prestart": [{"path": "/x", "arg": ["x"]}]}}]},
+     "rules[0].hooks.prestart[0].arg: unknown key (allowed: args, env, path, timeout)"),
+    ({"version": 1, "rules": [{"prepend-hooks": {"poststop": [{"path": "/x", "timeout": 1, "Env": []}]}}]},
+     "rules[0].prepend-hooks.poststop[0].Env: unknown key"),
     ({"version": 1, "rules": [{"json-patch": [{"op": "jump", "path": "/a"}]}]},
      "rules[0].json-patch[0].op: expected add, remove, replace, move, copy or test"),
     ({"version": 1, "rules": [{"json-patch": [{"op": "add", "path": "a", "value": 1}]}]},
@@ -440,7 +453,7 @@ def test_bad_oci_add_hooks_files(tmp_path, content, message):
     assert message in str(info.value)
 
 
-def hook_file(when, stages=("prestart",), path="/usr/bin/hook"):
+def hook_file(when, stages=("prestart",), path="/bin/true"):
     return {"version": "1.0.0", "hook": {"path": path}, "when": when, "stages": list(stages)}
 
 
@@ -448,18 +461,22 @@ def test_hooks_dirs_order_masking_and_conditions(tmp_path):
     first, second = tmp_path / "usr", tmp_path / "etc"
     first.mkdir()
     second.mkdir()
-    write(first / "10-b.json", hook_file({"always": True}, path="/usr/bin/b-masked"))
-    write(second / "10-b.json", hook_file({"always": True}, ["prestart", "poststop"], path="/usr/bin/b"))
-    write(first / "01-A.json", hook_file({"commands": ["^/sbin/init$"]}, path="/usr/bin/a"))
-    write(first / "05-c.json", hook_file({"annotations": {"^gpu$": "yes"}}, ["createRuntime"], path="/usr/bin/c"))
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    for name in ("a", "b", "c", "b-masked"):
+        write(programs / name, "#!/bin/sh\n")
+    write(first / "10-b.json", hook_file({"always": True}, path=str(programs / "b-masked")))
+    write(second / "10-b.json", hook_file({"always": True}, ["prestart", "poststop"], path=str(programs / "b")))
+    write(first / "01-A.json", hook_file({"commands": ["^/sbin/init$"]}, path=str(programs / "a")))
+    write(first / "05-c.json", hook_file({"annotations": {"^gpu$": "yes"}}, ["createRuntime"], path=str(programs / "c")))
     write(first / "README", "not a hook file")
     p = policy(tmp_path, flags=["--oi-hooks-dir", str(first), "--oi-hooks-dir", str(second)])
     assert [r.name for r in p.rules] == ["hooks.d 01-A.json", "hooks.d 05-c.json", "hooks.d 10-b.json"]
     spec = spec_with(args=["/sbin/init"], annotations={"gpu": "no"})
     rules = oi.matching_rules(spec, p)
     oi.apply_rules(spec, rules)
-    assert spec["hooks"] == {"prestart": [{"path": "/usr/bin/a"}, {"path": "/usr/bin/b"}],
-                             "poststop": [{"path": "/usr/bin/b"}]}
+    a, b = {"path": str(programs / "a")}, {"path": str(programs / "b")}
+    assert spec["hooks"] == {"prestart": [a, b], "poststop": [b]}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -479,6 +496,24 @@ def test_bad_hook_files(tmp_path, content, message):
         policy(tmp_path, flags=["--oi-hooks-dir", str(d)])
     assert str(info.value).startswith("hook file %s: " % path)
     assert message in str(info.value)
+
+
+def test_hook_files_whose_program_does_not_exist_are_skipped_with_a_warning(tmp_path, capsys):
+    """As Podman does: a package removed its hook program but left its JSON."""
+    d = tmp_path / "hooks.d"
+    d.mkdir()
+    write(d / "01-gone.json", hook_file({"always": True}, path=str(tmp_path / "removed-hook")))
+    write(d / "02-here.json", hook_file({"always": True}, path="/bin/true"))
+    p = policy(tmp_path, flags=["--oi-hooks-dir", str(d)])
+    assert [r.name for r in p.rules] == ["hooks.d 02-here.json"]
+    assert p.files == [str(d / "02-here.json")] and p.hooks_dirs == [str(d)]
+    assert capsys.readouterr().err == ("oci-interceptor: warning: hook file %s: skipped, its hook.path %s does "
+                                       "not exist\n" % (d / "01-gone.json", tmp_path / "removed-hook"))
+    # A broken file is still an error, and a call that applies no rule reads none.
+    write(d / "03-bad.json", dict(hook_file({"always": True}), extra=1))
+    with pytest.raises(oi.ConfigError, match="03-bad.json: extra: unknown key"):
+        policy(tmp_path, flags=["--oi-hooks-dir", str(d)])
+    assert policy(tmp_path, flags=["--oi-hooks-dir", str(d)], complete=False).rules == []
 
 
 def test_missing_hooks_dir(tmp_path):
