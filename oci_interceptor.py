@@ -2964,7 +2964,7 @@ def register_podman(program, name, make_default, conf_dir, words, write):
         conf_dir=conf_dir, config=(config or "no file (--oi-config=)") if config is not None else DEFAULT_CONFIG)
     if not write:
         return snippet
-    body = snippet.split("\n", 2)[2].rpartition("\n# Then:")[0] + "\n"
+    body = snippet.split("\n", 2)[2].rpartition("\n# Then:")[0].rstrip("\n") + "\n"
     if not make_default:
         body = body.replace('# runtime = "%s"\n' % name, "")
     content = ("# Written by oci-interceptor --oi-register podman --oi-write;\n"
@@ -3049,13 +3049,15 @@ def _set_containerd_default(text, name):
     end = start + 1
     while end < len(lines) and not lines[end].strip().startswith("["):
         end += 1
-    line = '  default_runtime_name = "%s"' % name + (_CONTAINERD_DEFAULT_MARK % name)
+    line = 'default_runtime_name = "%s"' % name + (_CONTAINERD_DEFAULT_MARK % name)
     for index in range(start + 1, end):
-        if lines[index].strip().replace(" ", "").startswith("default_runtime_name="):
-            previous = lines[index].partition("=")[2].partition("#")[0].strip().strip("\"'")
-            lines[index] = line + lines[index]
+        old = lines[index]
+        if old.strip().replace(" ", "").startswith("default_runtime_name="):
+            previous = old.partition("=")[2].partition("#")[0].strip().strip("\"'")
+            lines[index] = old[:len(old) - len(old.lstrip())] + line + old
             return "\n".join(lines), False, previous
-    lines.insert(start + 1, line + "(none)")
+    header = lines[start]
+    lines.insert(start + 1, header[:len(header) - len(header.lstrip())] + "  " + line + "(none)")
     return "\n".join(lines), False, None
 
 
