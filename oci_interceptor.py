@@ -3248,8 +3248,10 @@ def unregister_docker(name, daemon_json):
         del runtimes[name]
         changes.append("removed runtime %s" % name)
     if data.get("default-runtime") == name:
-        del data["default-runtime"]
-        changes.append("default-runtime: %s -> (runc)" % name)
+        # Named, not left out: on SIGHUP, dockerd 20.10 keeps a default it
+        # is not given, and a default naming no runtime makes it panic.
+        data["default-runtime"] = "runc"
+        changes.append("default-runtime: %s -> runc" % name)
     if not changes:
         return "%s: runtime %s is not registered; nothing changed\n" % (daemon_json, name)
     lines = _replace_file(daemon_json, serialize_config(data, Layout.of(raw)))

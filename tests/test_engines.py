@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -127,33 +128,90 @@ def test_docker_shows_our_message_when_policy_cannot_be_applied(docker):
     assert "unable to retrieve OCI runtime error" not in bad_file.stderr.decode()
 
 
-def test_register_docker_against_a_real_daemon(pyz, rootfs_tar):
+def _wait_for(predicate, timeout=20):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_register_docker_against_a_real_daemon(pyz, rootfs_tar, tmp_path):
+    """--oi-register docker on a symlinked daemon.json, applied by SIGHUP (the
+    reload `systemctl reload docker` sends) while a container keeps running;
+    policy flags registered as runtimeArgs; --oi-unregister undoes both."""
     need(shutil.which("dockerd"), "docker.io is not installed")
     import engines
     daemon = engines.Docker({"log-level": "warn", "runtimes": {"other": {"path": "/usr/bin/true"}}}, rootfs_tar)
     try:
         daemon.write_policy(POLICY)
+        real = os.path.join(daemon.base, "etc", "daemon.json")
+        os.makedirs(os.path.dirname(real))
+        shutil.move(daemon.daemon_json, real)
+        os.symlink(real, daemon.daemon_json)
+        running = daemon.docker("run", "-d", "--network", "none", "--runtime", "runc", daemon.image, "sleep", "600")
+        assert running.returncode == 0, running.stderr
+        cid = running.stdout.decode().strip()
+
+        def info():
+            return json.loads(daemon.docker("info", "--format", "{{json .}}").stdout.decode())
+
         register = [pyz, "--oi-register", "docker", "--oi-register-default", "--oi-daemon-json", daemon.daemon_json]
         first = subprocess.run(register, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert first.returncode == 0, first.stderr
         out = first.stdout.decode()
         assert "added runtime oci-interceptor: %s" % pyz in out
         assert "default-runtime: (runc) -> oci-interceptor" in out
-        assert "systemctl restart docker" in out
-        backups = [n for n in os.listdir(daemon.base) if n.startswith("daemon.json.bak-")]
+        assert "systemctl reload docker" in out and "restart" not in out
+        assert "its target %s was written, the link kept" % real in out
+        assert os.readlink(daemon.daemon_json) == real
+        backups = [n for n in os.listdir(os.path.dirname(real)) if n.startswith("daemon.json.bak-")]
         assert len(backups) == 1
-        with open(daemon.daemon_json) as f:
+        with open(real) as f:
             registered = json.load(f)
         assert registered["log-level"] == "warn" and registered["runtimes"]["other"] == {"path": "/usr/bin/true"}
         again = subprocess.run(register, stdout=subprocess.PIPE)
         assert b"already registered; nothing changed" in again.stdout
-        daemon.restart()
-        info = json.loads(daemon.docker("info", "--format", "{{json .}}").stdout.decode())
-        assert "oci-interceptor" in info["Runtimes"] and info["DefaultRuntime"] == "oci-interceptor"
+        # A second runtime whose policy comes from flags: one runtimeArgs word each.
+        flag_policy = str(tmp_path / "flag-policy.json")
+        engines.write_policy(flag_policy, {"version": 1, "env-force": ["FROM_FLAG_CONFIG=yes"]})
+        with_flags = subprocess.run([pyz, "--oi-register", "docker", "--oi-register-name", "oi-flags",
+                                     "--oi-daemon-json", daemon.daemon_json, "--oi-config", flag_policy,
+                                     "--oi-env-force", "FORCED=flag"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert with_flags.returncode == 0, with_flags.stderr
+        with open(real) as f:
+            assert json.load(f)["runtimes"]["oi-flags"] == {
+                "path": pyz, "runtimeArgs": ["--oi-env-force=FORCED=flag", "--oi-config=" + flag_policy]}
+
+        os.kill(daemon.process.pid, signal.SIGHUP)            # systemctl reload docker
+        assert _wait_for(lambda: info().get("DefaultRuntime") == "oci-interceptor"), info()
+        assert {"oci-interceptor", "oi-flags"} <= set(info()["Runtimes"])
+        state = daemon.docker("inspect", "--format", "{{.State.Running}}", cid).stdout.decode().strip()
+        assert state == "true"                                # the reload stopped nothing
         result = daemon.run(daemon.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
         assert result.returncode == 0, result.stderr
         assert "FORCED=interceptor" in result.stdout.decode().splitlines()
         assert "can't create /etc/hosts: Read-only file system" in result.stdout.decode()
+        flagged = daemon.run("--runtime", "oi-flags", daemon.image, "env").stdout.decode().splitlines()
+        assert "FORCED=flag" in flagged and "FROM_FLAG_CONFIG=yes" in flagged
+        assert "DEFAULTED=interceptor" not in flagged         # --oi-config replaced the daemon's file
+
+        for name in ("oci-interceptor", "oi-flags"):
+            removed = subprocess.run([pyz, "--oi-unregister", "docker", "--oi-register-name", name,
+                                      "--oi-daemon-json", daemon.daemon_json], stdout=subprocess.PIPE)
+            assert b"removed runtime " + name.encode() in removed.stdout
+        assert os.readlink(daemon.daemon_json) == real
+        with open(real) as f:
+            assert json.load(f) == {"log-level": "warn", "runtimes": {"other": {"path": "/usr/bin/true"}},
+                                    "default-runtime": "runc"}
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        assert _wait_for(lambda: set(info().get("Runtimes") or ["oci-interceptor"]) == {"runc", "other"}), \
+            daemon.log_text()[-3000:]
+        assert info()["DefaultRuntime"] == "runc"
+        plain = daemon.run(daemon.image, "env").stdout.decode().splitlines()
+        assert "FORCED=interceptor" not in plain
+        daemon.docker("rm", "-f", cid)
     finally:
         daemon.stop()
 
