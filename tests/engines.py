@@ -317,7 +317,7 @@ class ContainerdCRI(_ContainerdDaemon):
         os.makedirs(os.path.join(base, "cni"), exist_ok=True)
         snippet = handler_snippet
         if snippet is None:
-            snippet = '%s.containerd]\n  snapshotter = "native"\n' % CRI_PLUGIN[:-1]
+            snippet = '%s.containerd]\n' % CRI_PLUGIN[:-1]         # snapshotter added below
         snippet = snippet.replace(
             "%s.containerd]\n" % CRI_PLUGIN[:-1], '%s.containerd]\n  snapshotter = "native"\n' % CRI_PLUGIN[:-1], 1)
         snippet = snippet.replace(

@@ -363,3 +363,101 @@ def test_containerd_reads_the_printed_runtime_handler(pyz, tmp_path):
     text = dumped.stdout.decode()
     assert 'default_runtime_name = "oci-interceptor"' in text
     assert 'BinaryName = "%s"' % pyz in text
+
+
+# --- files written by --oi-register ... --oi-write, read by the real engines ------------
+
+def test_podman_reads_the_drop_in_written_by_register(pyz, rootfs_tar, tmp_path):
+    """The containers.conf.d file `--oi-register podman --oi-write` writes
+    (default runtime, --oi-config as conmon_env_vars) makes Podman run
+    containers through the program with that policy; --oi-unregister
+    removes it. Podman reads containers.conf.d only without CONTAINERS_CONF,
+    so it runs with a private /etc/containers in a mount namespace of its own."""
+    need(shutil.which("podman") and shutil.which("conmon") and shutil.which("unshare"), "podman is not installed")
+    import engines
+    etc = tmp_path / "etc-containers"
+    etc.mkdir()
+    (etc / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')   # image trust
+    debug_dir = tmp_path / "debug"
+    policy = str(tmp_path / "policy.json")
+    # Debug output on: no passthrough record, whose directory conmon's
+    # environment (only what the drop-in lists) could not name.
+    engines.write_policy(policy, dict(POLICY, **{"write-debug-output": True, "debug-output-dir": str(debug_dir)}))
+    written = subprocess.run([pyz, "--oi-register", "podman", "--oi-write", "--oi-register-default",
+                              "--oi-podman-conf-dir", str(etc / "containers.conf.d"), "--oi-config", policy],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert written.returncode == 0, written.stderr
+    assert "%s/containers.conf.d/oci-interceptor.conf: created" % etc in written.stdout.decode()
+    short = tempfile.mkdtemp(prefix="oi-pdw-", dir="/tmp")     # Podman's runroot: 50 characters at most
+    try:
+        engine = engines.Podman(short, None, rootfs_tar, etc_containers=str(etc))
+    except BaseException:
+        shutil.rmtree(short, ignore_errors=True)
+        raise
+    try:
+        result = engine.run("-e", "DEFAULTED=mine", engine.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert "FORCED=interceptor" in out.splitlines() and "DEFAULTED=mine" in out.splitlines()
+        assert "can't create /etc/hosts: Read-only file system" in out
+        with open(str(debug_dir / "runtime_calls.log")) as f:
+            assert " create " in f.read()
+        removed = subprocess.run([pyz, "--oi-unregister", "podman", "--oi-podman-conf-dir",
+                                  str(etc / "containers.conf.d")], stdout=subprocess.PIPE)
+        assert b"removed runtime oci-interceptor" in removed.stdout
+        plain = engine.run(engine.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
+        assert plain.returncode == 0, plain.stderr
+        assert "FORCED=interceptor" not in plain.stdout.decode() and "hosts writable" in plain.stdout.decode()
+    finally:
+        engine.stop()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_containerd_cri_runs_pods_through_the_block_written_by_register(pyz, rootfs, tmp_path):
+    """`--oi-register containerd --oi-write --oi-register-default` appends its
+    handler to a config.toml that configures the CRI plugin itself (as
+    Debian's does); containerd starts with it and runs a pod's containers
+    through the program, with the policy; the file's own settings stay."""
+    need(shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"), "containerd is not installed")
+    try:
+        import grpc_tools.protoc
+    except ImportError:
+        grpc_tools = None
+    need(grpc_tools is not None, "grpcio and grpcio-tools are not installed")
+    import engines
+    import images
+    from test_kubernetes import BUSYBOX, PAUSE, run_probe
+    base = tempfile.mkdtemp(prefix="oi-crw-", dir="/tmp")      # short: sockets live here
+    try:
+        busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
+        pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE, cmd=("sleep", "2147483647"))
+
+        def register(config_path):
+            written = subprocess.run([pyz, "--oi-register", "containerd", "--oi-write", "--oi-register-default",
+                                      "--oi-containerd-config", config_path], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+            assert written.returncode == 0, written.stderr
+            assert "default_runtime_name: (runc) -> oci-interceptor" in written.stdout.decode()
+
+        try:
+            daemon = engines.ContainerdCRI(base, None, [busybox, pause], PAUSE, before_start=register)
+        except RuntimeError:
+            with open(os.path.join(base, "containerd.log"), errors="replace") as f:
+                raise RuntimeError(f.read()[-2000:])
+        try:
+            daemon.write_policy(POLICY)
+            config = daemon.sandbox_config("written", "default")
+            pod_id = daemon.run_pod(config, handler="")               # the default runtime
+            try:
+                _, env, hosts = run_probe(daemon, pod_id, config, os.path.join(base, "marker"))
+            finally:
+                daemon.remove_pod(pod_id)
+            assert "FORCED=interceptor" in env and "FROM_POD=yes" in env
+            assert " ro," in hosts or " ro " in hosts
+            with open(daemon.config_path) as f:
+                text = f.read()
+            assert 'sandbox_image = "%s"' % PAUSE in text and "# BEGIN oci-interceptor runtime" in text
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
