@@ -328,7 +328,10 @@ def man_page():
         _roff('A JSON object with "version": 1, the settings above by their keys, "rules" (a list) '
               'and "profiles" (an object of named profiles, each with settings and rules). '
               "Precedence: built-in defaults, then the file's top level, then the profile, then flags; "
-              "lists add up. The profile named like the program (a symlink's name) applies unless "
+              "lists add up, and in env and env-force a later NAME= replaces an earlier one. Relative "
+              "paths in the file are relative to its directory. Only the default file may be absent: "
+              "a file named by --oi-config or $OCI_INTERCEPTOR_CONFIG must exist. The profile named "
+              "like the program (a symlink's name) applies unless "
               "--oi-profile names one. Rules apply in order: the settings as rule (global), hook files, "
               "hooks directories, then the file's rules. Each rule has an optional \"name\", an optional "
               '"when" (without it the rule always applies) and one or more actions. Conditions are '
@@ -362,16 +365,21 @@ def man_page():
         ".fi",
         ".SH FILES",
         ".TP", _roff(oi.DEFAULT_CONFIG), _roff("The default policy file."),
+        ".TP", _roff(oi.DOCKER_DAEMON_JSON + ", " + oi.PODMAN_CONF_DIR + ", " + oi.CONTAINERD_CONFIG),
+        _roff("What --oi-register docker, podman --oi-write and containerd --oi-write edit (a backup "
+              "written next to each); --oi-unregister undoes it."),
         ".TP", _roff(oi.DEFAULT_DEBUG_DIR), _roff("Debug output, with --oi-write-debug-output."),
         ".TP", _roff(oi.STATE_DIR),
         _roff("Passthrough records (root only, mode 0700): what a call that edits nothing made of the "
               "config file, so that later such calls skip Python while the file is unchanged."),
         ".SH ENVIRONMENT",
-        ".TP", _roff(oi.CONFIG_ENV), _roff("Names another default policy file; empty: none."),
+        ".TP", _roff(oi.CONFIG_ENV),
+        _roff("Names the policy file instead of the default; it must exist. Empty: no policy file."),
         ".TP", _roff(oi.STATE_DIR_ENV), _roff("Names another directory for passthrough records."),
         ".SH EXIT STATUS",
-        _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag "
-              "or config file."),
+        _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag, "
+              "a bad or missing config file, hook file or hooks directory, and for --oi-check-config when "
+              "the configuration cannot work (runtime or hook program missing or not executable)."),
         ".SH SEE ALSO",
         "\\fBrunc\\fR(8), \\fBcrun\\fR(1), \\fBdockerd\\fR(8), \\fBpodman\\fR(1), \\fBoci\\-hooks\\fR(5)",
     ]
