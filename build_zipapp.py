@@ -68,8 +68,9 @@ oi_global_with_value() {{  # a runtime global option that takes the next argumen
 case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
 oi_cfg=${{{config_env}-{default_config}}}
 if [ -n "$oi_cfg" ]; then
-  # No config file: the file, or else its nearest existing ancestor must be
-  # a searchable directory, so that Python would see "No such file" too.
+  # No config file: only the built-in default may be absent, and then the
+  # file, or else its nearest existing ancestor must be a searchable
+  # directory, so that Python would see "No such file" too.
   oi_p=$oi_cfg
   while [ -n "$oi_p" ] && [ ! -e "$oi_p" ] && [ ! -L "$oi_p" ]; do
     case $oi_p in */*) oi_p=${{oi_p%/*}} ;; *) oi_p= ;; esac
@@ -99,6 +100,7 @@ OI_SIGNATURES
            fi
          fi ;;
     esac
+  elif [ -n "${{{config_env}+set}}" ]; then oi_slow=1  # a file named by {config_env} must exist
   elif [ -n "$oi_p" ] && {{ [ ! -d "$oi_p" ] || [ ! -x "$oi_p" ]; }}; then oi_slow=1
   fi
 fi
@@ -333,7 +335,10 @@ def man_page():
         _roff('A JSON object with "version": 1, the settings above by their keys, "rules" (a list) '
               'and "profiles" (an object of named profiles, each with settings and rules). '
               "Precedence: built-in defaults, then the file's top level, then the profile, then flags; "
-              "lists add up. The profile named like the program (a symlink's name) applies unless "
+              "lists add up, and in env and env-force a later NAME= replaces an earlier one. Relative "
+              "paths in the file are relative to its directory. Only the default file may be absent: "
+              "a file named by --oi-config or $OCI_INTERCEPTOR_CONFIG must exist. The profile named "
+              "like the program (a symlink's name) applies unless "
               "--oi-profile names one. Rules apply in order: the settings as rule (global), hook files, "
               "hooks directories, then the file's rules. Each rule has an optional \"name\", an optional "
               '"when" (without it the rule always applies) and one or more actions. Conditions are '
@@ -367,16 +372,21 @@ def man_page():
         ".fi",
         ".SH FILES",
         ".TP", _roff(oi.DEFAULT_CONFIG), _roff("The default policy file."),
+        ".TP", _roff(oi.DOCKER_DAEMON_JSON + ", " + oi.PODMAN_CONF_DIR + ", " + oi.CONTAINERD_CONFIG),
+        _roff("What --oi-register docker, podman --oi-write and containerd --oi-write edit (a backup "
+              "written next to each); --oi-unregister undoes it."),
         ".TP", _roff(oi.DEFAULT_DEBUG_DIR), _roff("Debug output, with --oi-write-debug-output."),
         ".TP", _roff(oi.STATE_DIR),
         _roff("Passthrough records (root only, mode 0700): what a call that edits nothing made of the "
               "config file, so that later such calls skip Python while the file is unchanged."),
         ".SH ENVIRONMENT",
-        ".TP", _roff(oi.CONFIG_ENV), _roff("Names another default policy file; empty: none."),
+        ".TP", _roff(oi.CONFIG_ENV),
+        _roff("Names the policy file instead of the default; it must exist. Empty: no policy file."),
         ".TP", _roff(oi.STATE_DIR_ENV), _roff("Names another directory for passthrough records."),
         ".SH EXIT STATUS",
-        _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag "
-              "or config file."),
+        _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag, "
+              "a bad or missing config file, hook file or hooks directory, and for --oi-check-config when "
+              "the configuration cannot work (runtime or hook program missing or not executable)."),
         ".SH SEE ALSO",
         "\\fBrunc\\fR(8), \\fBcrun\\fR(1), \\fBdockerd\\fR(8), \\fBpodman\\fR(1), \\fBoci\\-hooks\\fR(5)",
     ]

@@ -153,6 +153,8 @@ def _check_systemd_mode(flag, value):
 
 ENGINES = ("docker", "podman", "containerd")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+PODMAN_CONF_DIR = "/etc/containers/containers.conf.d"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 
 
 def _check_engine(flag, value):
@@ -184,9 +186,10 @@ FLAGS = (
               "cgroup namespace with a writable view of the container's own cgroup only, and halts "
               "such a container cleanly on SIGTERM. A container turns it off with the env "
               "OCI_INTERCEPTOR_SYSTEMD=off (or oci-systemd-hook=disabled)."),
-    Flag("--oi-config", "value", "config", metavar="FILE", check=_check_not_empty,
-         help="Read policy from this JSON file instead of %s (which is read only "
-              "if it exists; $%s names another default)." % (DEFAULT_CONFIG, CONFIG_ENV)),
+    Flag("--oi-config", "value", "config", metavar="FILE",
+         help="Read policy from this JSON file instead of %s, which is read only "
+              "if it exists; a file named here or by $%s must exist. An empty "
+              "value (as an empty $%s): no config file." % (DEFAULT_CONFIG, CONFIG_ENV, CONFIG_ENV)),
     Flag("--oi-profile", "value", "profile", metavar="NAME", check=_check_not_empty,
          help="Apply this named profile of the config file. Without it, the profile "
               "named like the program (a symlink's name) applies, if there is one."),
@@ -218,16 +221,32 @@ FLAGS = (
     Flag("--oi-register", "value", "register", metavar="ENGINE", check=_check_engine,
          help="Register this program with an engine and exit. docker: merge a runtime "
               "into daemon.json (everything else kept, a backup written, idempotent) and "
-              "print the restart command. podman, containerd: print the configuration "
-              "snippet to add (their TOML is not rewritten)."),
+              "print the command that applies it. podman, containerd: print the "
+              "configuration to add, or with --oi-write write it. Policy flags given too "
+              "are registered with it (Docker's runtimeArgs; for Podman only --oi-config, "
+              "as conmon_env_vars)."),
+    Flag("--oi-unregister", "value", "unregister", metavar="ENGINE", check=_check_engine,
+         help="Remove what --oi-register added for this engine (the daemon.json entry, the "
+              "containers.conf.d file, the config.toml block), a backup written; idempotent."),
     Flag("--oi-register-name", "value", "register_name", metavar="NAME", check=_check_not_empty,
-         help="The runtime name to register (default: %s)." % PROG),
+         help="With --oi-register: the runtime name (default: the program's file name, without "
+              ".pyz: a profile symlink registers under its own name)."),
     Flag("--oi-register-default", "switch", "register_default",
          help="With --oi-register: make it the engine's default runtime."),
     Flag("--oi-register-path", "value", "register_path", metavar="PATH", check=_check_not_empty,
-         help="With --oi-register: the program path to register (default: this program)."),
+         help="With --oi-register: the program path to register (default: this program); it "
+              "must be an executable file."),
+    Flag("--oi-write", "switch", "write",
+         help="With --oi-register podman or containerd: write the configuration (Podman: a "
+              "file in containers.conf.d; containerd: a marked block appended to config.toml) "
+              "instead of printing it."),
     Flag("--oi-daemon-json", "value", "daemon_json", metavar="FILE", check=_check_not_empty,
          help="With --oi-register docker: the file to edit (default: %s)." % DOCKER_DAEMON_JSON),
+    Flag("--oi-podman-conf-dir", "value", "podman_conf_dir", metavar="DIR", check=_check_not_empty,
+         help="With --oi-register podman: the containers.conf.d directory (default: %s)."
+              % PODMAN_CONF_DIR),
+    Flag("--oi-containerd-config", "value", "containerd_config", metavar="FILE", check=_check_not_empty,
+         help="With --oi-register containerd: the config.toml to edit (default: %s)." % CONTAINERD_CONFIG),
     Flag("--oi-version", "action", "version",
          help="Print the version and exit."),
     Flag("--oi-help", "action", "help",
@@ -321,11 +340,34 @@ def split_command_line(args):
         if "=" not in arg and _option_name(arg) in RUNTIME_GLOBALS_WITH_VALUE and i < n:
             runtime_args.append(args[i])
             i += 1
+    if error is None:
+        error = _misplaced_flag(opts)
     if error is not None:
         error.runtime_args = runtime_args
         error.opts = opts
         raise error
     return opts, runtime_args
+
+
+# Flags that mean something only with --oi-register or --oi-unregister.
+REGISTER_ONLY_FLAGS = ("--oi-register-name", "--oi-register-default", "--oi-register-path", "--oi-write",
+                       "--oi-daemon-json", "--oi-podman-conf-dir", "--oi-containerd-config")
+
+
+def _misplaced_flag(opts):
+    """A UsageError for flags that cannot go together, or None. For
+    --oi-unregister ENGINE, opts.register names the engine too."""
+    if opts.unregister:
+        if opts.register:
+            return UsageError("--oi-register and --oi-unregister exclude each other")
+        opts.register = opts.unregister
+    elif not opts.register:
+        for name in REGISTER_ONLY_FLAGS:
+            if getattr(opts, _FLAGS_BY_NAME[name].dest) is not None:
+                return UsageError("%s means something only with --oi-register" % name)
+    if opts.register and opts.dry_run:
+        return UsageError("--oi-dry-run does not apply to --oi-register")
+    return None
 
 
 def _option_name(arg):
@@ -428,8 +470,10 @@ def _wrap(text, indent, width=78):
 # hooks 1.0.0 file, and the config file's own rules in file order.
 #
 # Precedence: built-in defaults < config file top level < profile < flags.
-# Lists (env, env-force, hook-config-path, hooks-dir) add up in that order;
-# single values are overridden. A profile's rules follow the file's rules.
+# Lists (env, env-force, hook-config-path, hooks-dir) add up in that order,
+# a later NAME= replacing an earlier one in env and env-force; single values
+# are overridden. A profile's rules follow the file's rules. A config file's
+# relative paths are relative to its directory.
 
 
 class Rule(object):
@@ -446,9 +490,11 @@ class Policy(object):
         self.write_debug_output = False
         self.debug_output_dir = DEFAULT_DEBUG_DIR
         self.config_path = None
+        self.config_sought = None   # (path or None, who named it) when no file was read
         self.profile = None
         self.rules = []
         self.files = []             # every policy file read, in order
+        self.hooks_dirs = []        # the hooks directories read
 
     @property
     def uses_systemd(self):
@@ -468,24 +514,23 @@ def load_policy(opts, argv0, complete=True):
     settings = {}
     rules = []
     path, explicit = _config_file_to_read(opts)
-    if path is not None:
-        data = _load_config_file(path, explicit)
-        if data is not None:
-            policy.config_path = path
-            policy.files.append(path)
-            settings, rules = _read_config_data(data, path, opts.profile, argv0, policy, complete)
-    elif opts.profile is not None:
-        raise ConfigError("--oi-profile %s: there is no config file" % _quote_for_message(opts.profile))
+    data = _load_config_file(path, explicit) if path is not None else None
+    if data is not None:
+        policy.config_path = path
+        policy.files.append(path)
+        settings, rules = _read_config_data(data, path, opts.profile, argv0, policy, complete)
+    else:
+        policy.config_sought = (path, explicit)
+        if opts.profile is not None:
+            raise ConfigError("--oi-profile %s: there is no config file (%s)"
+                              % (_quote_for_message(opts.profile), _no_config_file_reason(path, explicit)))
 
+    flag_settings = {}
     for flag in FLAGS:
-        if not flag.key:
-            continue
-        value = getattr(opts, flag.dest)
-        if flag.kind == "list":
-            if value:
-                settings[flag.key] = settings.get(flag.key, []) + value
-        elif value is not None:
-            settings[flag.key] = value
+        value = getattr(opts, flag.dest) if flag.key else None
+        if value is not None and value != []:
+            flag_settings[flag.key] = value
+    _merge_settings(settings, flag_settings)
 
     policy.runtime_path = settings.get("runtime-path", DEFAULT_RUNTIME)
     policy.write_debug_output = settings.get("write-debug-output", False)
@@ -499,6 +544,7 @@ def load_policy(opts, argv0, complete=True):
         global_actions["systemd"] = settings["systemd"]
     if global_actions:
         policy.rules.append(Rule("(global)", None, global_actions, "flags and config"))
+    policy.hooks_dirs = settings.get("hooks-dir", [])
     if complete:
         for hook_file in settings.get("hook-config-path", []):
             policy.rules.append(_load_hook_config_file(hook_file))
@@ -511,20 +557,35 @@ def load_policy(opts, argv0, complete=True):
 
 
 def _config_file_to_read(opts):
-    """(path, explicit): the --oi-config file, else the default if any."""
+    """(path, explicit): the file --oi-config or $OCI_INTERCEPTOR_CONFIG
+    names, explicit then saying which of them ("--oi-config", "$NAME");
+    else the built-in default, explicit False. path None: no config file
+    (either of them given as "")."""
     if opts.config is not None:
-        return opts.config, True
-    default = getenv(CONFIG_ENV)
-    if default is None:
-        default = DEFAULT_CONFIG
-    if not default:
-        return None, False
-    return default, False
+        return opts.config or None, "--oi-config"
+    named = getenv(CONFIG_ENV)
+    if named is not None:
+        return named or None, "$" + CONFIG_ENV
+    return DEFAULT_CONFIG, False
+
+
+def _no_config_file_reason(path, explicit):
+    if path is None:
+        return "%s is empty" % explicit
+    return "%s does not exist" % path
 
 
 def _load_config_file(path, explicit):
-    """The parsed JSON of a policy file; None when the default file is absent."""
-    read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
+    """The parsed JSON of a policy file; None when the built-in default file
+    is absent. A file named explicitly must exist: a typo in its name must
+    not run every container without its policy."""
+    import errno
+    try:
+        read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
+    except ConfigError as exc:
+        if explicit and getattr(exc, "errno", None) == errno.ENOENT:
+            raise ConfigError("%s (named by %s)" % (exc, explicit))
+        raise
     if read is None:
         return None
     try:
@@ -610,7 +671,7 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     _no_unknown_keys(data, allowed, "", fail)
     if data.get("version") != CONFIG_VERSION:
         fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
-    settings = _read_settings(data, "", fail)
+    settings = _resolve_relative_paths(_read_settings(data, "", fail), path)
     rules = _read_rules(data.get("rules", []), "rules", path, fail, complete)
 
     profiles = data.get("profiles", {})
@@ -631,19 +692,83 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     chosen = None
     for name, profile in profiles.items():
         where = "profiles.%s" % name
-        profile_settings = _read_settings(profile, where + ".", fail)
+        profile_settings = _resolve_relative_paths(_read_settings(profile, where + ".", fail), path)
         profile_rules = _read_rules(profile.get("rules", []), where + ".rules", path, fail, complete)
         if name == profile_name:
             chosen = (profile_settings, profile_rules)
     if chosen is not None:
         policy.profile = profile_name
-        for key, value in chosen[0].items():
-            if _SETTING_KEYS[key][1] == "list":
-                settings[key] = settings.get(key, []) + value
-            else:
-                settings[key] = value
+        _merge_settings(settings, chosen[0])
         rules = rules + chosen[1]
     return settings, rules
+
+
+def _merge_settings(settings, later):
+    """Merge the settings of a later source (the profile, the flags) into
+    settings: values replace; lists add up; in env and env-force a later
+    NAME= replaces an earlier one (both stay defaults or forced values)."""
+    for key, value in later.items():
+        kind = _SETTING_KEYS[key][1]
+        if kind == "env":
+            settings[key] = _merge_env(settings.get(key, []), value)
+        elif kind == "list":
+            settings[key] = settings.get(key, []) + value
+        else:
+            settings[key] = value
+
+
+def _merge_env(earlier, later):
+    """NAME=VALUE lists, the later assignment of a NAME replacing the earlier
+    one where it stood."""
+    merged, where = [], {}
+    for item in list(earlier) + list(later):
+        name = item.partition("=")[0]
+        if name in where:
+            merged[where[name]] = item
+        else:
+            where[name] = len(merged)
+            merged.append(item)
+    return merged
+
+
+# Settings that name files: relative ones in a config file are relative to
+# the file's directory (the runtime's working directory is the bundle).
+_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path")
+
+
+def _resolve_relative_paths(settings, config_path):
+    """A config file's relative paths made absolute, against its directory
+    (a runtime-path without a slash stays a name looked up on PATH)."""
+    directory = None
+    for key in _PATH_SETTINGS:
+        value = settings.get(key)
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if all(item.startswith("/") or (key == "runtime-path" and "/" not in item) for item in values):
+            continue
+        if directory is None:
+            directory = config_path.rpartition("/")[0] if "/" in config_path else "."
+            if not config_path.startswith("/"):
+                directory = posix.getcwd() + "/" + directory
+            directory = directory or "/"
+        resolved = [item if item.startswith("/") or (key == "runtime-path" and "/" not in item)
+                    else _join_path(directory, item) for item in values]
+        settings[key] = resolved if isinstance(value, list) else resolved[0]
+    return settings
+
+
+def _join_path(directory, relative):
+    """An absolute directory + a relative path, without "." and ".." steps
+    (as posixpath.normpath, which would import os)."""
+    parts = []
+    for part in (directory + "/" + relative).split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part and part != ".":
+            parts.append(part)
+    return "/" + "/".join(parts)
 
 
 def _no_unknown_keys(data, allowed, prefix, fail):
@@ -785,12 +910,13 @@ def _valid_destination_globs(value):
 
 
 # The settings a config file (and a profile) may have, and how each is
-# checked and merged: "list" values add up, "value" ones replace.
+# checked and merged: "list" values add up, "value" ones replace, "env"
+# lists add up with a later NAME= replacing an earlier one.
 _SETTING_KEYS = {
     "runtime-path": (_valid_nonempty_string, "value"),
     "readonly-networking-mounts": (_valid_bool, "value"),
-    "env": (_valid_env_list, "list"),
-    "env-force": (_valid_env_list, "list"),
+    "env": (_valid_env_list, "env"),
+    "env-force": (_valid_env_list, "env"),
     "hook-config-path": (_valid_path_list, "list"),
     "hooks-dir": (_valid_path_list, "list"),
     "write-debug-output": (_valid_bool, "value"),
@@ -855,8 +981,22 @@ def _objects_in_list(value, what, item):
         yield where, obj
 
 
+# The members of an OCI mount (runtime-spec config.md, "Mounts").
+MOUNT_KEYS = ("destination", "source", "type", "options", "uidMappings", "gidMappings")
+ID_MAPPING_KEYS = ("containerID", "hostID", "size")
+
+
 def _valid_mounts(value):
     for where, mount in _objects_in_list(value, "mounts", "a mount"):
+        for key in mount:
+            if key not in MOUNT_KEYS:
+                raise PathError(where + "." + key, "unknown key (allowed: %s)" % ", ".join(sorted(MOUNT_KEYS)))
+        for key in ("uidMappings", "gidMappings"):
+            if key in mount:
+                try:
+                    _valid_id_mappings(mount[key])
+                except ValueError as exc:
+                    raise _at(where + "." + key, exc)
         destination = mount.get("destination")
         if not isinstance(destination, str) or not destination.startswith("/"):
             raise PathError(where + ".destination", "expected an absolute path, found %s"
@@ -869,6 +1009,19 @@ def _valid_mounts(value):
                 _valid_string_list(mount["options"])
             except ValueError as exc:
                 raise _at(where + ".options", exc)
+    return value
+
+
+def _valid_id_mappings(value):
+    for where, mapping in _objects_in_list(value, "ID mappings", "an ID mapping"):
+        for key in mapping:
+            if key not in ID_MAPPING_KEYS:
+                raise PathError(where + "." + key, "unknown key (allowed: %s)" % ", ".join(ID_MAPPING_KEYS))
+        for key in ID_MAPPING_KEYS:
+            number = mapping.get(key)
+            if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 1 << 32:
+                raise PathError(where + "." + key, "expected a whole number from 0 to 4294967295, found %s"
+                                % _json_text(number))
     return value
 
 
@@ -932,7 +1085,9 @@ def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     except ReadError as exc:
         if missing_ok and exc.errno == errno.ENOENT:
             return None
-        raise ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
+        error = ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
+        error.errno = exc.errno
+        raise error
     _check_trusted(path, st, trusted_as or what)
     return raw, st
 
@@ -954,7 +1109,14 @@ def _load_hooks_dirs(directories):
                 chosen[name] = os.path.join(directory, name)
     for name in sorted(chosen, key=lambda n: (n.lower(), n)):
         path = chosen[name]
-        yield path, _load_hook_file(path)
+        rule = _load_hook_file(path)
+        program = next(iter(rule.actions["hooks"].values()))[0]["path"]
+        if not os.path.lexists(program):
+            # As Podman does: a package that removed its hook program but
+            # left its JSON must not break every container.
+            report_warning("hook file %s: skipped, its hook.path %s does not exist" % (path, program))
+            continue
+        yield path, rule
 
 
 def _load_hook_file(path):
@@ -3130,39 +3292,93 @@ def exec_runtime(runtime, runtime_args):
 
 
 def register(opts, argv0):
-    """--oi-register ENGINE: returns the text to print."""
+    """--oi-register ENGINE, or --oi-unregister ENGINE (opts.register names
+    the engine for both): returns the text to print."""
     program = os.path.abspath(opts.register_path or argv0 or PROG)
-    name = opts.register_name or PROG
+    name = opts.register_name or _runtime_name(program)
+    words = _policy_words(opts)
+    if opts.unregister:
+        if words:
+            raise UsageError("%s: --oi-unregister takes no policy flags" % words[0].partition("=")[0])
+        if opts.register == "docker":
+            return unregister_docker(name, opts.daemon_json or DOCKER_DAEMON_JSON)
+        if opts.register == "podman":
+            return unregister_podman(name, opts.podman_conf_dir or PODMAN_CONF_DIR)
+        return unregister_containerd(name, opts.containerd_config or CONTAINERD_CONFIG)
+    if not _is_executable_file(program):
+        raise UsageError("--oi-register: %s is not an executable file; register the installed program "
+                         "(or the .pyz), or name it with --oi-register-path" % _quote_for_message(program))
+    default = bool(opts.register_default)
     if opts.register == "docker":
-        return register_docker(program, name, bool(opts.register_default),
-                               opts.daemon_json or DOCKER_DAEMON_JSON)
+        return register_docker(program, name, default, opts.daemon_json or DOCKER_DAEMON_JSON, words)
     if opts.register == "podman":
-        return PODMAN_SNIPPET.format(name=name, path=program,
-                                     default="" if opts.register_default else "# ")
-    return CONTAINERD_SNIPPET.format(name=name, path=program,
-                                     default="" if opts.register_default else "# ")
+        return register_podman(program, name, default, opts.podman_conf_dir or PODMAN_CONF_DIR, words,
+                               bool(opts.write))
+    return register_containerd(program, name, default, opts.containerd_config or CONTAINERD_CONFIG, words,
+                               bool(opts.write))
+
+
+def _runtime_name(program):
+    """The runtime name a program registers under by default: its file name
+    (a profile symlink's own), without .pyz or .py."""
+    base = program.rpartition("/")[2]
+    for suffix in (".pyz", ".py"):
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base[:-len(suffix)]
+    return base or PROG
+
+
+# Flags whose value is a file or directory: registered as absolute paths
+# (the engine runs the program in the bundle, not where it was registered).
+_PATH_FLAG_DESTS = ("config", "hook_config_path", "hooks_dir", "debug_output_dir", "runtime_path")
+
+
+def _policy_words(opts):
+    """The policy flags given with --oi-register, each as one --oi-x=VALUE
+    word (switches as --oi-x or --oi-x=false), relative paths made absolute."""
+    words = []
+    for flag in FLAGS:
+        if not (flag.key or flag.dest in ("config", "profile")):
+            continue
+        value = getattr(opts, flag.dest)
+        if value is None or value == []:
+            continue
+        if flag.kind == "switch":
+            words.append(flag.name if value else flag.name + "=false")
+            continue
+        for item in (value if flag.kind == "list" else [value]):
+            if flag.dest in _PATH_FLAG_DESTS and item and (flag.dest != "runtime_path" or "/" in item):
+                item = os.path.abspath(item)
+            words.append("%s=%s" % (flag.name, item))
+    return words
 
 
 PODMAN_SNIPPET = """\
-# Add to /etc/containers/containers.conf (or a file in containers.conf.d/):
+# Add to /etc/containers/containers.conf, or let --oi-write put it in a file of
+# its own, {conf_dir}/{name}.conf:
 [engine]
 {default}runtime = "{name}"
-
+{conmon}
 [engine.runtimes]
-{name} = ["{path}"]
+{name} = [{path}]
 
 # Then: podman --runtime {name} run ... (or every container, with runtime = "{name}").
-# Policy comes from /etc/oci-interceptor/config.json.
+# Policy comes from {config}.
 """
 
+# conmon passes the runtime only the variables listed here (a list set in a
+# drop-in replaces the whole list: Podman's default PATH is kept).
+PODMAN_CONMON_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 CONTAINERD_SNIPPET = """\
-# Add to /etc/containerd/config.toml (version = 2), then restart containerd:
+# Add to /etc/containerd/config.toml (version = 2), then restart containerd
+# (or let --oi-write append it, marked, to config.toml):
 [plugins."io.containerd.grpc.v1.cri".containerd]
   {default}default_runtime_name = "{name}"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}]
   runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{name}.options]
-    BinaryName = "{path}"
+    BinaryName = {path}
 
 # For Kubernetes, a RuntimeClass whose handler is this runtime:
 # apiVersion: node.k8s.io/v1
@@ -3170,22 +3386,310 @@ CONTAINERD_SNIPPET = """\
 # metadata:
 #   name: {name}
 # handler: {name}
-# Policy comes from /etc/oci-interceptor/config.json.
+# Policy comes from /etc/oci-interceptor/config.json (containerd passes the
+# runtime no arguments; OCI_INTERCEPTOR_CONFIG in containerd's environment
+# names another file).
 """
 
 
-def register_docker(program, name, make_default, daemon_json):
-    """Merge a runtime entry into daemon.json: everything else is kept, the
-    old file is backed up, and a second run changes nothing."""
-    import errno
-    if name in ("runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux"):
-        raise UsageError("--oi-register-name %s: Docker reserves that name" % name)
+def _toml_string(text):
+    """A TOML basic string (JSON's escapes are TOML's)."""
+    return _full_json_text(text)
+
+
+def _config_words(words, engine):
+    """The --oi-config value among the policy words (Podman passes it as a
+    variable); any other policy flag cannot be registered with this engine."""
+    config = None
+    for word in words:
+        flag, _, value = word.partition("=")
+        if flag == "--oi-config" and engine == "podman":
+            config = value
+            continue
+        raise UsageError("%s: %s passes no flags of ours from its configuration; put it in the config "
+                         "file (a profile named like the program applies to it alone)%s"
+                         % (flag, "Podman" if engine == "podman" else "containerd",
+                            "" if engine == "podman" else "; containerd passes the runtime its own "
+                            "environment, so set %s on containerd.service" % CONFIG_ENV))
+    return config
+
+
+def register_podman(program, name, make_default, conf_dir, words, write):
+    config = _config_words(words, "podman")
+    conmon = ""
+    if config is not None:
+        conmon = "conmon_env_vars = [%s, %s]\n" % (_toml_string(PODMAN_CONMON_PATH),
+                                                   _toml_string("%s=%s" % (CONFIG_ENV, config)))
+    snippet = PODMAN_SNIPPET.format(
+        name=name, path=_toml_string(program), default="" if make_default else "# ", conmon=conmon,
+        conf_dir=conf_dir, config=(config or "no file (--oi-config=)") if config is not None else DEFAULT_CONFIG)
+    if not write:
+        return snippet
+    body = snippet.split("\n", 2)[2].rpartition("\n# Then:")[0].rstrip("\n") + "\n"
+    if not make_default:
+        body = body.replace('# runtime = "%s"\n' % name, "")
+    content = ("# Written by oci-interceptor --oi-register podman --oi-write;\n"
+               "# oci-interceptor --oi-unregister podman --oi-register-name %s removes it.\n" % name) + body
+    path = "%s/%s.conf" % (conf_dir.rstrip("/"), name)
+    lines = _replace_file(path, content.encode("utf-8"), create_dirs=True)
+    if lines is None:
+        return "%s: runtime %s is already registered; nothing changed\n" % (path, name)
+    lines.append("  runtime %s: %s%s" % (name, program, " (the default runtime)" if make_default else ""))
+    if config is not None:
+        lines.append("  conmon_env_vars: %s=%s (replaces conmon_env_vars set elsewhere)" % (CONFIG_ENV, config))
+    lines.append("Podman reads it on its next command; nothing to restart.")
+    if not make_default:
+        lines.append("Then: podman --runtime %s run ...  (or register with --oi-register-default)" % name)
+    return "\n".join(lines) + "\n"
+
+
+def unregister_podman(name, conf_dir):
+    path = "%s/%s.conf" % (conf_dir.rstrip("/"), name)
+    return _remove_file(path, "runtime %s" % name,
+                        "Podman reads its configuration on its next command; nothing to restart.")
+
+
+_CONTAINERD_BEGIN = "# BEGIN oci-interceptor runtime %s (oci-interceptor --oi-unregister containerd removes this block)"
+_CONTAINERD_END = "# END oci-interceptor runtime %s"
+_CONTAINERD_DEFAULT_MARK = "  # oci-interceptor runtime %s; before: "
+_CRI_CONTAINERD_TABLE = '[plugins."io.containerd.grpc.v1.cri".containerd]'
+
+
+def register_containerd(program, name, make_default, config_toml, words, write):
+    """Print the runtime handler, or (write) append it to config.toml as a
+    marked block. containerd 1.6 does read drop-in files (`imports`), but an
+    imported file's plugin table replaces the main file's whole table, so a
+    drop-in holding the handler would undo config.toml's CRI settings."""
+    _config_words(words, "containerd")
+    if not write:
+        return CONTAINERD_SNIPPET.format(name=name, path=_toml_string(program),
+                                         default="" if make_default else "# ")
+    raw, st = _read_optional(config_toml)
+    text = raw.decode("utf-8") if raw is not None else "version = 2\n"
+    lines = text.splitlines()
+    if not any(line.replace(" ", "") == "version=2" for line in lines):
+        raise InterceptorError("%s: not a version 2 containerd configuration (no \"version = 2\" line)"
+                               % config_toml)
+    text = _without_containerd_block(text, name)
+    if (".runtimes.%s]" % name) in text or ('.runtimes."%s"]' % name) in text:
+        raise InterceptorError("%s: has a runtime %s of its own; edit it by hand or choose another "
+                               "--oi-register-name" % (config_toml, name))
+    block = [_CONTAINERD_BEGIN % name]
+    previous = None
+    if make_default:
+        text, added, previous = _set_containerd_default(text, name)
+        if added:
+            block += [_CRI_CONTAINERD_TABLE, '  default_runtime_name = "%s"' % name]
+    block += ['[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%s]' % name,
+              '  runtime_type = "io.containerd.runc.v2"',
+              '  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.%s.options]' % name,
+              "    BinaryName = %s" % _toml_string(program),
+              _CONTAINERD_END % name]
+    new_text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+    out = _replace_file(config_toml, new_text.encode("utf-8"), create_dirs=True)
+    if out is None:
+        return "%s: runtime %s is already registered; nothing changed\n" % (config_toml, name)
+    out.append("  runtime %s: BinaryName %s%s" % (name, program, " (the default runtime)" if make_default else ""))
+    if make_default:
+        out.append("  default_runtime_name: %s -> %s (pods without a RuntimeClass now run with %s)"
+                   % (previous or "(runc)", name, name))
+    out.append("Restart containerd to apply: systemctl restart containerd (running containers keep running: "
+               "their shims stay)")
+    return "\n".join(out) + "\n"
+
+
+def _set_containerd_default(text, name):
+    """Make name the CRI default runtime in config.toml's own table when it
+    has one (the old line kept in a comment, for --oi-unregister); returns
+    (text, whether the block must carry the table, the previous default)."""
+    lines = text.split("\n")
     try:
-        raw, st = read_config(daemon_json, follow_symlinks=True)
+        start = [line.strip() for line in lines].index(_CRI_CONTAINERD_TABLE)
+    except ValueError:
+        return text, True, None
+    end = start + 1
+    while end < len(lines) and not lines[end].strip().startswith("["):
+        end += 1
+    line = 'default_runtime_name = "%s"' % name + (_CONTAINERD_DEFAULT_MARK % name)
+    for index in range(start + 1, end):
+        old = lines[index]
+        if old.strip().replace(" ", "").startswith("default_runtime_name="):
+            previous = old.partition("=")[2].partition("#")[0].strip().strip("\"'")
+            lines[index] = old[:len(old) - len(old.lstrip())] + line + old
+            return "\n".join(lines), False, previous
+    header = lines[start]
+    lines.insert(start + 1, header[:len(header) - len(header.lstrip())] + "  " + line + "(none)")
+    return "\n".join(lines), False, None
+
+
+def _without_containerd_block(text, name):
+    """config.toml without what register_containerd added for name."""
+    lines = text.split("\n")
+    out, skipping = [], False
+    for line in lines:
+        if line == _CONTAINERD_BEGIN % name:
+            skipping = True
+            if out and out[-1] == "":
+                out.pop()
+            continue
+        if skipping:
+            skipping = line != _CONTAINERD_END % name
+            continue
+        mark = _CONTAINERD_DEFAULT_MARK % name
+        if mark in line:
+            before = line.partition(mark)[2]
+            if before != "(none)":
+                out.append(before)
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def unregister_containerd(name, config_toml):
+    raw, _ = _read_optional(config_toml)
+    if raw is None:
+        return "%s: does not exist; nothing changed\n" % config_toml
+    text = raw.decode("utf-8")
+    new_text = _without_containerd_block(text, name)
+    if new_text == text:
+        return "%s: runtime %s is not registered by oci-interceptor; nothing changed\n" % (config_toml, name)
+    out = _replace_file(config_toml, new_text.encode("utf-8"))
+    out.append("  removed runtime %s" % name)
+    out.append("Restart containerd to apply: systemctl restart containerd")
+    return "\n".join(out) + "\n"
+
+
+def _read_optional(path):
+    """(raw, stat) of a file, following symlinks; (None, None) if it does not exist."""
+    import errno
+    try:
+        return read_config(path, follow_symlinks=True)
     except ReadError as exc:
         if exc.errno != errno.ENOENT:
             raise
-        raw, st = None, None
+        return None, None
+
+
+def _replace_file(path, new_raw, create_dirs=False):
+    """Write an engine's configuration file: a symlink stays a symlink (its
+    target is written), the old file is backed up next to the one written,
+    the write is atomic. Returns the lines saying so, or None when the file
+    holds new_raw already."""
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    raw, st = _read_optional(target)
+    if raw == new_raw:
+        return None
+    lines = []
+    if st is None:
+        directory = os.path.dirname(target)
+        if directory and create_dirs:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        write_atomically(target, new_raw, mode=0o644)
+        lines.append("%s: created" % path)
+    else:
+        backup = _write_backup(target, raw)
+        write_atomically(target, new_raw, st)
+        lines.append("%s: updated (backup: %s)" % (path, backup))
+    if target != path:
+        lines.append("  %s is a symlink: its target %s was written, the link kept" % (path, target))
+    return lines
+
+
+def _remove_file(path, what, apply):
+    raw, _ = _read_optional(path)
+    if raw is None:
+        return "%s: %s is not registered; nothing changed\n" % (path, what)
+    backup = _write_backup(path, raw)
+    os.unlink(path)
+    return "%s: removed (backup: %s)\n  removed %s\n%s\n" % (path, backup, what, apply)
+
+
+def _write_backup(path, raw):
+    """A copy of raw next to path, named path.bak-TIMESTAMP (engines read
+    only *.json, *.conf, *.toml files there); returns its name."""
+    import time
+    stamp = "%s.bak-%s" % (path, time.strftime("%Y%m%d%H%M%S"))
+    for attempt in range(100):
+        backup = stamp if attempt == 0 else "%s.%d" % (stamp, attempt)
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise InterceptorError("cannot write a backup of %s" % path)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return backup
+
+
+DOCKER_RESERVED_NAMES = ("runc", "io.containerd.runc.v2", "io.containerd.runtime.v1.linux")
+
+
+def register_docker(program, name, make_default, daemon_json, runtime_args=()):
+    """Merge a runtime entry (path, and runtimeArgs for the policy flags
+    given) into daemon.json: everything else is kept, the old file is backed
+    up, and a second run changes nothing."""
+    if name in DOCKER_RESERVED_NAMES:
+        raise UsageError("--oi-register-name %s: Docker reserves that name" % name)
+    for word in runtime_args:
+        if shell_quote(word) != word:
+            raise UsageError("%s: Docker runs runtimeArgs through /bin/sh without quoting them; put a "
+                             "value with spaces or shell characters in the config file" % shell_quote(word))
+    raw, data = _read_daemon_json(daemon_json)
+    changes = []
+    runtimes = data.setdefault("runtimes", {})
+    entry = runtimes.get(name)
+    args = list(runtime_args)
+    if not isinstance(entry, dict):
+        runtimes[name] = entry = {"path": program}
+        if args:
+            entry["runtimeArgs"] = args
+        changes.append("added runtime %s: %s" % (name, " ".join([program] + args)))
+    else:
+        if entry.get("path") != program:
+            changes.append("runtime %s: path %s -> %s" % (name, entry.get("path"), program))
+            entry["path"] = program
+        if (entry.get("runtimeArgs") or []) != args:
+            changes.append("runtime %s: runtimeArgs %s -> %s" % (
+                name, " ".join(entry.get("runtimeArgs") or []) or "(none)", " ".join(args) or "(none)"))
+            if args:
+                entry["runtimeArgs"] = args
+            else:
+                del entry["runtimeArgs"]
+    previous = data.get("default-runtime")
+    if make_default and previous != name:
+        changes.append("default-runtime: %s -> %s" % (previous or "(runc)", name))
+        if previous and previous != "runc":
+            old = runtimes.get(previous)
+            old_path = old.get("path") if isinstance(old, dict) else None
+            changes.append("  %s was the default runtime: it stays registered, but containers started without "
+                           "--runtime now run with %s%s" % (
+                               previous, name, "; to keep %s underneath, register again with "
+                               "--oi-runtime-path=%s" % (previous, old_path) if old_path else ""))
+        data["default-runtime"] = name
+    if not changes:
+        return "%s: runtime %s is already registered; nothing changed\n" % (daemon_json, name)
+    layout = Layout.of(raw) if raw and raw.strip() else Layout("    ", ",", ": ", True)
+    lines = _replace_file(daemon_json, serialize_config(data, layout), create_dirs=True)
+    lines.extend("  " + change for change in changes)
+    lines.append(DOCKER_APPLY)
+    if data.get("default-runtime") == name:
+        lines.append("New containers run with %s unless docker run --runtime names another." % name)
+    else:
+        lines.append("Then: docker run --runtime %s ...  (or register with --oi-register-default)" % name)
+    return "\n".join(lines) + "\n"
+
+
+DOCKER_APPLY = ("Apply: systemctl reload docker (dockerd re-reads its runtimes on SIGHUP; running "
+                "containers keep running)")
+
+
+def _read_daemon_json(daemon_json):
+    raw, _ = _read_optional(daemon_json)
     data = {}
     if raw is not None and raw.strip():
         try:
@@ -3194,52 +3698,26 @@ def register_docker(program, name, make_default, daemon_json):
             raise InterceptorError("cannot parse %s: %s" % (daemon_json, exc))
     if not isinstance(data, dict) or not isinstance(data.get("runtimes", {}), dict):
         raise InterceptorError("%s: expected an object with a \"runtimes\" object" % daemon_json)
+    return raw, data
+
+
+def unregister_docker(name, daemon_json):
+    raw, data = _read_daemon_json(daemon_json)
+    runtimes = data.get("runtimes", {})
     changes = []
-    runtimes = data.setdefault("runtimes", {})
-    entry = runtimes.get(name)
-    if not isinstance(entry, dict):
-        runtimes[name] = {"path": program}
-        changes.append("added runtime %s: %s" % (name, program))
-    elif entry.get("path") != program:
-        changes.append("runtime %s: path %s -> %s" % (name, entry.get("path"), program))
-        entry["path"] = program
-    if make_default and data.get("default-runtime") != name:
-        changes.append("default-runtime: %s -> %s" % (data.get("default-runtime", "(runc)"), name))
-        data["default-runtime"] = name
+    if name in runtimes:
+        del runtimes[name]
+        changes.append("removed runtime %s" % name)
+    if data.get("default-runtime") == name:
+        # Named, not left out: on SIGHUP, dockerd 20.10 keeps a default it
+        # is not given, and a default naming no runtime makes it panic.
+        data["default-runtime"] = "runc"
+        changes.append("default-runtime: %s -> runc" % name)
     if not changes:
-        return "%s: runtime %s is already registered; nothing changed\n" % (daemon_json, name)
-    layout = Layout.of(raw) if raw and raw.strip() else Layout("    ", ",", ": ", True)
-    new_raw = serialize_config(data, layout)
-    lines = []
-    if st is None:
-        directory = os.path.dirname(daemon_json)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        write_atomically(daemon_json, new_raw, mode=0o644)
-        lines.append("%s: created" % daemon_json)
-    else:
-        import time
-        stamp = "%s.bak-%s" % (daemon_json, time.strftime("%Y%m%d%H%M%S"))
-        for attempt in range(100):
-            backup = stamp if attempt == 0 else "%s.%d" % (stamp, attempt)
-            try:
-                fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise InterceptorError("cannot write a backup of %s" % daemon_json)
-        try:
-            os.write(fd, raw)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        write_atomically(daemon_json, new_raw, st)
-        lines.append("%s: updated (backup: %s)" % (daemon_json, backup))
+        return "%s: runtime %s is not registered; nothing changed\n" % (daemon_json, name)
+    lines = _replace_file(daemon_json, serialize_config(data, Layout.of(raw)))
     lines.extend("  " + change for change in changes)
-    lines.append("Restart Docker to apply: systemctl restart docker")
-    lines.append("Then: docker run --runtime %s ...%s" % (
-        name, "" if make_default else "  (or register with --oi-register-default)"))
+    lines.append(DOCKER_APPLY)
     return "\n".join(lines) + "\n"
 
 
@@ -3300,23 +3778,88 @@ def _stat_signature(st):
 
 
 def check_config_report(policy):
-    """The --oi-check-config summary."""
-    lines = ["%s %s: configuration is valid" % (PROG, __version__)]
-    lines.append("config file: %s" % (policy.config_path or "(none)"))
+    """The --oi-check-config summary: where the policy comes from (resolved
+    paths), and every rule's conditions and actions in full. When the
+    configuration cannot work (no runtime; a hook program missing or not
+    executable), the summary is written to stdout and ConfigError raised,
+    naming every problem in one line."""
+    problems = []
+    lines = []
+    if policy.config_path:
+        lines.append("config file: %s" % policy.config_path)
+    else:
+        lines.append("config file: (none: %s)" % _no_config_file_reason(*(policy.config_sought or (None, "none"))))
     lines.append("profile: %s" % (policy.profile or "(none)"))
     try:
         runtime = find_runtime(policy.runtime_path)
     except InterceptorError as exc:
-        runtime = "NOT FOUND (%s)" % exc
+        runtime = "NOT FOUND"
+        problems.append(str(exc))
     lines.append("runtime: %s -> %s" % (policy.runtime_path, runtime))
     lines.append("debug output: %s" % (policy.debug_output_dir if policy.write_debug_output else "off"))
-    lines.append("rules: %d" % len(policy.rules))
-    for rule in policy.rules:
-        lines.append("  %s: when %s; %s" % (rule.name, "always" if rule.when is None else "conditions",
-                                             ", ".join(a.key for a in ACTIONS if a.key in rule.actions)))
     for path in policy.files[1 if policy.config_path else 0:]:
         lines.append("hook file: %s" % path)
-    return "\n".join(lines) + "\n"
+    for directory in policy.hooks_dirs:
+        lines.append("hooks dir: %s" % directory)
+    lines.append("rules: %d" % len(policy.rules))
+    for rule in policy.rules:
+        lines.append("  %s (%s)" % (rule.name, rule.source))
+        lines.append("    when: %s" % ("always" if rule.when is None else _condition_text(rule.when)))
+        for action in ACTIONS:
+            if action.key in rule.actions:
+                lines.append("    %s: %s" % (action.key, _full_json_text(rule.actions[action.key])))
+        for key in ("prepend-hooks", "hooks"):
+            for stage, hooks in sorted(rule.actions.get(key, {}).items()):
+                for hook in hooks:
+                    problem = _hook_program_problem(hook["path"])
+                    if problem:
+                        problems.append("rule %s: %s %s: hook program %s %s"
+                                        % (rule.name, key, stage, hook["path"], problem))
+    verdict = "configuration cannot work" if problems else "configuration is valid"
+    lines.insert(0, "%s %s: %s" % (PROG, __version__, verdict))
+    lines.extend("problem: " + problem for problem in problems)
+    text = "\n".join(lines) + "\n"
+    if problems:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise ConfigError("configuration cannot work: " + "; ".join(problems))
+    return text
+
+
+def _hook_program_problem(path):
+    """Why a hook program could not run, or None."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        import errno
+        return "does not exist" if exc.errno == errno.ENOENT else "cannot be used: %s" % exc.strerror
+    if (st.st_mode & _S_IFMT) != 0o100000:
+        return "is not a regular file"
+    if not os.access(path, os.X_OK):
+        return "is not executable"
+    return None
+
+
+def _condition_text(cond):
+    """A Condition as the JSON `when` object it was read from."""
+    data = []
+    if cond.always is not None:
+        data.append(("always", cond.always))
+    if cond.annotations:
+        data.append(("annotations", dict((k.pattern, v.pattern) for k, v in cond.annotations)))
+    if cond.commands:
+        data.append(("commands", [p.pattern for p in cond.commands]))
+    if cond.has_bind_mounts is not None:
+        data.append(("hasBindMounts", cond.has_bind_mounts))
+    if cond.hostname is not None:
+        data.append(("hostname", cond.hostname.pattern))
+    if cond.env:
+        data.append(("env", dict((name, v.pattern) for name, v in cond.env)))
+    return _full_json_text(dict(data))
+
+
+def _full_json_text(value):
+    return serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
 
 
 def dry_run_report(call, policy, runtime, runtime_args):

@@ -76,7 +76,7 @@ class _ContainerdDaemon(object):
     pointing at policy_path (so every runtime binary its shims run reads that
     policy), images imported into `namespace`."""
 
-    def _start(self, base, body, image_tars, namespace, extra_cgroups=()):
+    def _start(self, base, body, image_tars, namespace, extra_cgroups=(), before_start=None):
         self.base = str(base)
         self.socket = os.path.join(self.base, "containerd.sock")
         self.policy_path = os.path.join(self.base, "policy.json")
@@ -88,6 +88,8 @@ class _ContainerdDaemon(object):
                     '[debug]\n  address = "%s/debug.sock"\n'
                     % (self.base, self.base, self.socket, self.socket, self.base))
             f.write(body)
+        if before_start is not None:
+            before_start(self.config_path)      # e.g. `--oi-register containerd --oi-write` edits it
         self.log = open(os.path.join(self.base, "containerd.log"), "wb")
         env = dict(os.environ)
         env[POLICY_ENV] = self.policy_path
@@ -233,11 +235,25 @@ class Podman(object):
 
     ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
-    def __init__(self, base, containers_conf_snippet, image_tar, image="oi-busybox:test"):
+    def __init__(self, base, containers_conf_snippet, image_tar, image="oi-busybox:test", etc_containers=None):
+        """etc_containers: instead of CONTAINERS_CONF (which makes Podman
+        read no containers.conf.d), every podman command runs in a mount
+        namespace of its own where this directory is /etc/containers, so
+        Podman reads the drop-in files in its containers.conf.d."""
         self.base = str(base)
         self.policy_path = os.path.join(self.base, "policy.json")
         self.image = image
         self.residue = HostResidue()
+        self.etc_containers = etc_containers
+        self.flags = ["--root", os.path.join(self.base, "root"), "--runroot", os.path.join(self.base, "runroot"),
+                      "--tmpdir", os.path.join(self.base, "tmp"), "--storage-driver", "vfs",
+                      "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                      "--network-config-dir", os.path.join(self.base, "networks")]
+        if etc_containers is not None:
+            self.env = dict(os.environ)
+            self.env.pop("CONTAINERS_CONF", None)
+            self._import(image_tar)
+            return
         conf = os.path.join(self.base, "containers.conf")
         # The snippet `oci-interceptor --oi-register podman` prints, plus the
         # line that points the policy file away from the host's.
@@ -247,11 +263,10 @@ class Podman(object):
         with open(conf, "w") as f:
             f.write(snippet)
         self.env = dict(os.environ, CONTAINERS_CONF=conf)
-        self.flags = ["--root", os.path.join(self.base, "root"), "--runroot", os.path.join(self.base, "runroot"),
-                      "--tmpdir", os.path.join(self.base, "tmp"), "--storage-driver", "vfs",
-                      "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                      "--network-config-dir", os.path.join(self.base, "networks")]
-        imported = self.podman("import", image_tar, image)
+        self._import(image_tar)
+
+    def _import(self, image_tar):
+        imported = self.podman("import", image_tar, self.image)
         if imported.returncode != 0:
             self.stop()
             raise RuntimeError("podman import failed: " + imported.stderr.decode())
@@ -261,7 +276,11 @@ class Podman(object):
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("timeout", 120)
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.run(["podman"] + self.flags + list(args), env=self.env, **kwargs)
+        command = ["podman"] + self.flags + list(args)
+        if self.etc_containers is not None:
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount --bind "$0" /etc/containers && exec "$@"', self.etc_containers] + command
+        return subprocess.run(command, env=self.env, **kwargs)
 
     def run(self, *args, **kwargs):
         """podman run --rm --network none (ulimits this machine needs) ARGS"""
@@ -287,13 +306,18 @@ class ContainerdCRI(_ContainerdDaemon):
 
     HANDLER = "oci-interceptor"
 
-    def __init__(self, base, handler_snippet, images_to_import, sandbox_image, pod_annotations=()):
+    def __init__(self, base, handler_snippet, images_to_import, sandbox_image, pod_annotations=(),
+                 before_start=None):
+        """handler_snippet None: config.toml gets no handler of ours, and
+        before_start(config_path) may add one before containerd starts."""
         base = str(base)
         self.log_dir = os.path.join(base, "pods")
         self.cgroup_parent = "oi-cri-%d" % os.getpid()
         os.makedirs(self.log_dir, exist_ok=True)
         os.makedirs(os.path.join(base, "cni"), exist_ok=True)
         snippet = handler_snippet
+        if snippet is None:
+            snippet = '%s.containerd]\n' % CRI_PLUGIN[:-1]         # snapshotter added below
         snippet = snippet.replace(
             "%s.containerd]\n" % CRI_PLUGIN[:-1], '%s.containerd]\n  snapshotter = "native"\n' % CRI_PLUGIN[:-1], 1)
         snippet = snippet.replace(
@@ -309,7 +333,8 @@ class ContainerdCRI(_ContainerdDaemon):
                 '    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n'
                 '      Root = "%s/runc"\n'
                 % (CRI_PLUGIN, sandbox_image, base, base, base)) + snippet
-        self._start(base, body, images_to_import, "k8s.io", extra_cgroups=(self.cgroup_parent,))
+        self._start(base, body, images_to_import, "k8s.io", extra_cgroups=(self.cgroup_parent,),
+                    before_start=before_start)
         try:
             self._connect()
         except BaseException:

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -127,33 +128,90 @@ def test_docker_shows_our_message_when_policy_cannot_be_applied(docker):
     assert "unable to retrieve OCI runtime error" not in bad_file.stderr.decode()
 
 
-def test_register_docker_against_a_real_daemon(pyz, rootfs_tar):
+def _wait_for(predicate, timeout=20):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_register_docker_against_a_real_daemon(pyz, rootfs_tar, tmp_path):
+    """--oi-register docker on a symlinked daemon.json, applied by SIGHUP (the
+    reload `systemctl reload docker` sends) while a container keeps running;
+    policy flags registered as runtimeArgs; --oi-unregister undoes both."""
     need(shutil.which("dockerd"), "docker.io is not installed")
     import engines
     daemon = engines.Docker({"log-level": "warn", "runtimes": {"other": {"path": "/usr/bin/true"}}}, rootfs_tar)
     try:
         daemon.write_policy(POLICY)
+        real = os.path.join(daemon.base, "etc", "daemon.json")
+        os.makedirs(os.path.dirname(real))
+        shutil.move(daemon.daemon_json, real)
+        os.symlink(real, daemon.daemon_json)
+        running = daemon.docker("run", "-d", "--network", "none", "--runtime", "runc", daemon.image, "sleep", "600")
+        assert running.returncode == 0, running.stderr
+        cid = running.stdout.decode().strip()
+
+        def info():
+            return json.loads(daemon.docker("info", "--format", "{{json .}}").stdout.decode())
+
         register = [pyz, "--oi-register", "docker", "--oi-register-default", "--oi-daemon-json", daemon.daemon_json]
         first = subprocess.run(register, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert first.returncode == 0, first.stderr
         out = first.stdout.decode()
         assert "added runtime oci-interceptor: %s" % pyz in out
         assert "default-runtime: (runc) -> oci-interceptor" in out
-        assert "systemctl restart docker" in out
-        backups = [n for n in os.listdir(daemon.base) if n.startswith("daemon.json.bak-")]
+        assert "systemctl reload docker" in out and "restart" not in out
+        assert "its target %s was written, the link kept" % real in out
+        assert os.readlink(daemon.daemon_json) == real
+        backups = [n for n in os.listdir(os.path.dirname(real)) if n.startswith("daemon.json.bak-")]
         assert len(backups) == 1
-        with open(daemon.daemon_json) as f:
+        with open(real) as f:
             registered = json.load(f)
         assert registered["log-level"] == "warn" and registered["runtimes"]["other"] == {"path": "/usr/bin/true"}
         again = subprocess.run(register, stdout=subprocess.PIPE)
         assert b"already registered; nothing changed" in again.stdout
-        daemon.restart()
-        info = json.loads(daemon.docker("info", "--format", "{{json .}}").stdout.decode())
-        assert "oci-interceptor" in info["Runtimes"] and info["DefaultRuntime"] == "oci-interceptor"
+        # A second runtime whose policy comes from flags: one runtimeArgs word each.
+        flag_policy = str(tmp_path / "flag-policy.json")
+        engines.write_policy(flag_policy, {"version": 1, "env-force": ["FROM_FLAG_CONFIG=yes"]})
+        with_flags = subprocess.run([pyz, "--oi-register", "docker", "--oi-register-name", "oi-flags",
+                                     "--oi-daemon-json", daemon.daemon_json, "--oi-config", flag_policy,
+                                     "--oi-env-force", "FORCED=flag"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert with_flags.returncode == 0, with_flags.stderr
+        with open(real) as f:
+            assert json.load(f)["runtimes"]["oi-flags"] == {
+                "path": pyz, "runtimeArgs": ["--oi-env-force=FORCED=flag", "--oi-config=" + flag_policy]}
+
+        os.kill(daemon.process.pid, signal.SIGHUP)            # systemctl reload docker
+        assert _wait_for(lambda: info().get("DefaultRuntime") == "oci-interceptor"), info()
+        assert {"oci-interceptor", "oi-flags"} <= set(info()["Runtimes"])
+        state = daemon.docker("inspect", "--format", "{{.State.Running}}", cid).stdout.decode().strip()
+        assert state == "true"                                # the reload stopped nothing
         result = daemon.run(daemon.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
         assert result.returncode == 0, result.stderr
         assert "FORCED=interceptor" in result.stdout.decode().splitlines()
         assert "can't create /etc/hosts: Read-only file system" in result.stdout.decode()
+        flagged = daemon.run("--runtime", "oi-flags", daemon.image, "env").stdout.decode().splitlines()
+        assert "FORCED=flag" in flagged and "FROM_FLAG_CONFIG=yes" in flagged
+        assert "DEFAULTED=interceptor" not in flagged         # --oi-config replaced the daemon's file
+
+        for name in ("oci-interceptor", "oi-flags"):
+            removed = subprocess.run([pyz, "--oi-unregister", "docker", "--oi-register-name", name,
+                                      "--oi-daemon-json", daemon.daemon_json], stdout=subprocess.PIPE)
+            assert b"removed runtime " + name.encode() in removed.stdout
+        assert os.readlink(daemon.daemon_json) == real
+        with open(real) as f:
+            assert json.load(f) == {"log-level": "warn", "runtimes": {"other": {"path": "/usr/bin/true"}},
+                                    "default-runtime": "runc"}
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        assert _wait_for(lambda: set(info().get("Runtimes") or ["oci-interceptor"]) == {"runc", "other"}), \
+            daemon.log_text()[-3000:]
+        assert info()["DefaultRuntime"] == "runc"
+        plain = daemon.run(daemon.image, "env").stdout.decode().splitlines()
+        assert "FORCED=interceptor" not in plain
+        daemon.docker("rm", "-f", cid)
     finally:
         daemon.stop()
 
@@ -305,3 +363,101 @@ def test_containerd_reads_the_printed_runtime_handler(pyz, tmp_path):
     text = dumped.stdout.decode()
     assert 'default_runtime_name = "oci-interceptor"' in text
     assert 'BinaryName = "%s"' % pyz in text
+
+
+# --- files written by --oi-register ... --oi-write, read by the real engines ------------
+
+def test_podman_reads_the_drop_in_written_by_register(pyz, rootfs_tar, tmp_path):
+    """The containers.conf.d file `--oi-register podman --oi-write` writes
+    (default runtime, --oi-config as conmon_env_vars) makes Podman run
+    containers through the program with that policy; --oi-unregister
+    removes it. Podman reads containers.conf.d only without CONTAINERS_CONF,
+    so it runs with a private /etc/containers in a mount namespace of its own."""
+    need(shutil.which("podman") and shutil.which("conmon") and shutil.which("unshare"), "podman is not installed")
+    import engines
+    etc = tmp_path / "etc-containers"
+    etc.mkdir()
+    (etc / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')   # image trust
+    debug_dir = tmp_path / "debug"
+    policy = str(tmp_path / "policy.json")
+    # Debug output on: no passthrough record, whose directory conmon's
+    # environment (only what the drop-in lists) could not name.
+    engines.write_policy(policy, dict(POLICY, **{"write-debug-output": True, "debug-output-dir": str(debug_dir)}))
+    written = subprocess.run([pyz, "--oi-register", "podman", "--oi-write", "--oi-register-default",
+                              "--oi-podman-conf-dir", str(etc / "containers.conf.d"), "--oi-config", policy],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert written.returncode == 0, written.stderr
+    assert "%s/containers.conf.d/oci-interceptor.conf: created" % etc in written.stdout.decode()
+    short = tempfile.mkdtemp(prefix="oi-pdw-", dir="/tmp")     # Podman's runroot: 50 characters at most
+    try:
+        engine = engines.Podman(short, None, rootfs_tar, etc_containers=str(etc))
+    except BaseException:
+        shutil.rmtree(short, ignore_errors=True)
+        raise
+    try:
+        result = engine.run("-e", "DEFAULTED=mine", engine.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert "FORCED=interceptor" in out.splitlines() and "DEFAULTED=mine" in out.splitlines()
+        assert "can't create /etc/hosts: Read-only file system" in out
+        with open(str(debug_dir / "runtime_calls.log")) as f:
+            assert " create " in f.read()
+        removed = subprocess.run([pyz, "--oi-unregister", "podman", "--oi-podman-conf-dir",
+                                  str(etc / "containers.conf.d")], stdout=subprocess.PIPE)
+        assert b"removed runtime oci-interceptor" in removed.stdout
+        plain = engine.run(engine.image, "sh", "-c", "env; " + WRITE_NETWORK_FILES)
+        assert plain.returncode == 0, plain.stderr
+        assert "FORCED=interceptor" not in plain.stdout.decode() and "hosts writable" in plain.stdout.decode()
+    finally:
+        engine.stop()
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_containerd_cri_runs_pods_through_the_block_written_by_register(pyz, rootfs, tmp_path):
+    """`--oi-register containerd --oi-write --oi-register-default` appends its
+    handler to a config.toml that configures the CRI plugin itself (as
+    Debian's does); containerd starts with it and runs a pod's containers
+    through the program, with the policy; the file's own settings stay."""
+    need(shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"), "containerd is not installed")
+    try:
+        import grpc_tools.protoc
+    except ImportError:
+        grpc_tools = None
+    need(grpc_tools is not None, "grpcio and grpcio-tools are not installed")
+    import engines
+    import images
+    from test_kubernetes import BUSYBOX, PAUSE, run_probe
+    base = tempfile.mkdtemp(prefix="oi-crw-", dir="/tmp")      # short: sockets live here
+    try:
+        busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
+        pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE, cmd=("sleep", "2147483647"))
+
+        def register(config_path):
+            written = subprocess.run([pyz, "--oi-register", "containerd", "--oi-write", "--oi-register-default",
+                                      "--oi-containerd-config", config_path], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+            assert written.returncode == 0, written.stderr
+            assert "default_runtime_name: (runc) -> oci-interceptor" in written.stdout.decode()
+
+        try:
+            daemon = engines.ContainerdCRI(base, None, [busybox, pause], PAUSE, before_start=register)
+        except RuntimeError:
+            with open(os.path.join(base, "containerd.log"), errors="replace") as f:
+                raise RuntimeError(f.read()[-2000:])
+        try:
+            daemon.write_policy(POLICY)
+            config = daemon.sandbox_config("written", "default")
+            pod_id = daemon.run_pod(config, handler="")               # the default runtime
+            try:
+                _, env, hosts = run_probe(daemon, pod_id, config, os.path.join(base, "marker"))
+            finally:
+                daemon.remove_pod(pod_id)
+            assert "FORCED=interceptor" in env and "FROM_POD=yes" in env
+            assert " ro," in hosts or " ro " in hosts
+            with open(daemon.config_path) as f:
+                text = f.read()
+            assert 'sandbox_image = "%s"' % PAUSE in text and "# BEGIN oci-interceptor runtime" in text
+        finally:
+            daemon.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

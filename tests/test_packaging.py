@@ -64,3 +64,22 @@ def test_module_is_valid_python_3_6():
                              os.path.join(REPO, "oci_interceptor.py"), os.path.join(REPO, "build_zipapp.py")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_the_readme_rpm_command_builds_the_rpm(tmp_path):
+    """The README's copy-paste command, run from this checkout with a HOME of
+    its own (and --nodeps: this host's rpm database knows no python3)."""
+    need(shutil.which("rpmbuild") is not None and shutil.which("git") is not None, "rpmbuild is not installed")
+    need(os.path.exists(os.path.join(REPO, ".git")), "not a git checkout")
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    command = re.search(r"<!-- rpm-command -->\n```sh\n(.*?)\n```", readme, re.S).group(1)
+    assert "\n" not in command and command.count("rpmbuild -bb ") == 1
+    result = subprocess.run(["bash", "-c", command.replace("rpmbuild -bb ", "rpmbuild --nodeps -bb ")],
+                            cwd=REPO, env=dict(os.environ, HOME=str(tmp_path)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rpm = tmp_path / "rpmbuild" / "RPMS" / "noarch" / ("oci-interceptor-%s-1.noarch.rpm" % oi.__version__)
+    assert rpm.exists(), os.listdir(str(tmp_path / "rpmbuild"))
+    listed = subprocess.run(["rpm", "-qlp", str(rpm)], stdout=subprocess.PIPE, universal_newlines=True).stdout
+    assert "/usr/bin/oci-interceptor" in listed.split() and "/etc/oci-interceptor/config.json" in listed.split()

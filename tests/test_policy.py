@@ -78,12 +78,37 @@ def test_default_config_file(tmp_path, monkeypatch):
     monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", path)
     opts, _ = oi.split_command_line(["state", "x"])
     assert oi.load_policy(opts, "oci-interceptor").runtime_path == "crun"
-    # An absent default file is fine; an absent explicit one is not.
-    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", str(tmp_path / "absent.json"))
-    assert oi.load_policy(opts, "oci-interceptor").runtime_path == "runc"
-    opts, _ = oi.split_command_line(["--oi-config", str(tmp_path / "absent.json"), "state", "x"])
-    with pytest.raises(oi.ConfigError, match="absent.json: No such file or directory"):
-        oi.load_policy(opts, "oci-interceptor")
+    # An empty variable or --oi-config= means no config file.
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", "")
+    p = oi.load_policy(opts, "oci-interceptor")
+    assert (p.config_path, p.config_sought, p.rules) == (None, (None, "$OCI_INTERCEPTOR_CONFIG"), [])
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", path)
+    p = oi.load_policy(oi.split_command_line(["--oi-config=", "create", "x"])[0], "oci-interceptor")
+    assert (p.config_path, p.config_sought, p.runtime_path) == (None, (None, "--oi-config"), "runc")
+
+
+def test_a_config_file_named_explicitly_must_exist(tmp_path, monkeypatch):
+    """A typo in OCI_INTERCEPTOR_CONFIG or --oi-config is an error, not "no policy"."""
+    typo = str(tmp_path / "confg.json")
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", typo)
+    for args in (["create", "x"], ["--oi-check-config"], ["state", "x"]):
+        with pytest.raises(oi.ConfigError) as info:
+            oi.load_policy(oi.split_command_line(args)[0], "oci-interceptor")
+        assert str(info.value) == ("config %s: No such file or directory (named by $OCI_INTERCEPTOR_CONFIG)"
+                                   % typo)
+    monkeypatch.delenv("OCI_INTERCEPTOR_CONFIG")
+    with pytest.raises(oi.ConfigError) as info:
+        oi.load_policy(oi.split_command_line(["--oi-config", typo, "create", "x"])[0], "oci-interceptor")
+    assert str(info.value) == "config %s: No such file or directory (named by --oi-config)" % typo
+    with pytest.raises(oi.ConfigError) as info:
+        oi.load_policy(oi.split_command_line(["--oi-config=", "--oi-profile=ci", "create", "x"])[0], "oci-interceptor")
+    assert str(info.value) == "--oi-profile ci: there is no config file (--oi-config is empty)"
+    # Only the built-in default may be absent.
+    monkeypatch.setattr(oi, "DEFAULT_CONFIG", typo)
+    p = oi.load_policy(oi.split_command_line(["create", "x"])[0], "oci-interceptor")
+    assert (p.config_path, p.config_sought) == (None, (typo, False))
+    with pytest.raises(oi.ConfigError, match=r"there is no config file \(.*confg.json does not exist\)"):
+        oi.load_policy(oi.split_command_line(["--oi-profile", "ci", "create", "x"])[0], "oci-interceptor")
 
 
 @pytest.mark.parametrize("config, message", [
@@ -114,6 +139,19 @@ def test_default_config_file(tmp_path, monkeypatch):
      "rules[0].hooks.poststop[0].timeout: expected a whole number of seconds > 0"),
     ({"version": 1, "rules": [{"add-mounts": [{"destination": "tmp"}]}]},
      "rules[0].add-mounts[0].destination: expected an absolute path"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "typ": "tmpfs"}]}]},
+     "rules[0].add-mounts[0].typ: unknown key (allowed: destination, gidMappings, options, source, type, "
+     "uidMappings)"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "uidMappings": [{"containerID": 0,
+                                                                                      "hostId": 1, "size": 1}]}]}]},
+     "rules[0].add-mounts[0].uidMappings[0].hostId: unknown key (allowed: containerID, hostID, size)"),
+    ({"version": 1, "rules": [{"add-mounts": [{"destination": "/t", "gidMappings": [{"containerID": 0,
+                                                                                      "hostID": -1, "size": 1}]}]}]},
+     "rules[0].add-mounts[0].gidMappings[0].hostID: expected a whole number from 0 to 4294967295, found -1"),
+    ({"version": 1, "rules": [{"hooks": {"prestart": [{"path": "/x", "arg": ["x"]}]}}]},
+     "rules[0].hooks.prestart[0].arg: unknown key (allowed: args, env, path, timeout)"),
+    ({"version": 1, "rules": [{"prepend-hooks": {"poststop": [{"path": "/x", "timeout": 1, "Env": []}]}}]},
+     "rules[0].prepend-hooks.poststop[0].Env: unknown key"),
     ({"version": 1, "rules": [{"json-patch": [{"op": "jump", "path": "/a"}]}]},
      "rules[0].json-patch[0].op: expected add, remove, replace, move, copy or test"),
     ({"version": 1, "rules": [{"json-patch": [{"op": "add", "path": "a", "value": 1}]}]},
@@ -415,7 +453,7 @@ def test_bad_oci_add_hooks_files(tmp_path, content, message):
     assert message in str(info.value)
 
 
-def hook_file(when, stages=("prestart",), path="/usr/bin/hook"):
+def hook_file(when, stages=("prestart",), path="/bin/true"):
     return {"version": "1.0.0", "hook": {"path": path}, "when": when, "stages": list(stages)}
 
 
@@ -423,18 +461,22 @@ def test_hooks_dirs_order_masking_and_conditions(tmp_path):
     first, second = tmp_path / "usr", tmp_path / "etc"
     first.mkdir()
     second.mkdir()
-    write(first / "10-b.json", hook_file({"always": True}, path="/usr/bin/b-masked"))
-    write(second / "10-b.json", hook_file({"always": True}, ["prestart", "poststop"], path="/usr/bin/b"))
-    write(first / "01-A.json", hook_file({"commands": ["^/sbin/init$"]}, path="/usr/bin/a"))
-    write(first / "05-c.json", hook_file({"annotations": {"^gpu$": "yes"}}, ["createRuntime"], path="/usr/bin/c"))
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    for name in ("a", "b", "c", "b-masked"):
+        write(programs / name, "#!/bin/sh\n")
+    write(first / "10-b.json", hook_file({"always": True}, path=str(programs / "b-masked")))
+    write(second / "10-b.json", hook_file({"always": True}, ["prestart", "poststop"], path=str(programs / "b")))
+    write(first / "01-A.json", hook_file({"commands": ["^/sbin/init$"]}, path=str(programs / "a")))
+    write(first / "05-c.json", hook_file({"annotations": {"^gpu$": "yes"}}, ["createRuntime"], path=str(programs / "c")))
     write(first / "README", "not a hook file")
     p = policy(tmp_path, flags=["--oi-hooks-dir", str(first), "--oi-hooks-dir", str(second)])
     assert [r.name for r in p.rules] == ["hooks.d 01-A.json", "hooks.d 05-c.json", "hooks.d 10-b.json"]
     spec = spec_with(args=["/sbin/init"], annotations={"gpu": "no"})
     rules = oi.matching_rules(spec, p)
     oi.apply_rules(spec, rules)
-    assert spec["hooks"] == {"prestart": [{"path": "/usr/bin/a"}, {"path": "/usr/bin/b"}],
-                             "poststop": [{"path": "/usr/bin/b"}]}
+    a, b = {"path": str(programs / "a")}, {"path": str(programs / "b")}
+    assert spec["hooks"] == {"prestart": [a, b], "poststop": [b]}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -456,6 +498,24 @@ def test_bad_hook_files(tmp_path, content, message):
     assert message in str(info.value)
 
 
+def test_hook_files_whose_program_does_not_exist_are_skipped_with_a_warning(tmp_path, capsys):
+    """As Podman does: a package removed its hook program but left its JSON."""
+    d = tmp_path / "hooks.d"
+    d.mkdir()
+    write(d / "01-gone.json", hook_file({"always": True}, path=str(tmp_path / "removed-hook")))
+    write(d / "02-here.json", hook_file({"always": True}, path="/bin/true"))
+    p = policy(tmp_path, flags=["--oi-hooks-dir", str(d)])
+    assert [r.name for r in p.rules] == ["hooks.d 02-here.json"]
+    assert p.files == [str(d / "02-here.json")] and p.hooks_dirs == [str(d)]
+    assert capsys.readouterr().err == ("oci-interceptor: warning: hook file %s: skipped, its hook.path %s does "
+                                       "not exist\n" % (d / "01-gone.json", tmp_path / "removed-hook"))
+    # A broken file is still an error, and a call that applies no rule reads none.
+    write(d / "03-bad.json", dict(hook_file({"always": True}), extra=1))
+    with pytest.raises(oi.ConfigError, match="03-bad.json: extra: unknown key"):
+        policy(tmp_path, flags=["--oi-hooks-dir", str(d)])
+    assert policy(tmp_path, flags=["--oi-hooks-dir", str(d)], complete=False).rules == []
+
+
 def test_missing_hooks_dir(tmp_path):
     with pytest.raises(oi.ConfigError, match="hooks dir .*/nope: No such file or directory"):
         policy(tmp_path, flags=["--oi-hooks-dir", str(tmp_path / "nope")])
@@ -469,3 +529,58 @@ def test_global_rule_runs_before_hook_files_and_config_rules(tmp_path):
     p = policy(tmp_path, {"version": 1, "env": ["A=1"], "hook-config-path": hooks, "hooks-dir": [str(d)],
                           "rules": [{"name": "last", "env-force": ["Z=1"]}]})
     assert [r.name for r in p.rules] == ["(global)", "hook-config-path %s" % hooks, "hooks.d h.json", "last"]
+
+
+# --- precedence of env, relative paths ------------------------------------------------------
+
+def test_a_later_source_sets_an_env_default_or_forced_value(tmp_path):
+    """file < profile < flags for env and env-force too: a later NAME= replaces an earlier one."""
+    config = {"version": 1, "env": ["TZ=UTC", "LANG=C"], "env-force": ["PROXY=file", "KEEP=1"],
+              "profiles": {"p": {"env": ["TZ=Asia/Tokyo", "EXTRA=1"], "env-force": ["PROXY=profile"]}}}
+    p = policy(tmp_path, config, flags=["--oi-env", "TZ=Europe/Paris"])
+    assert p.rules[0].actions["env"] == ["TZ=Europe/Paris", "LANG=C"]
+    p = policy(tmp_path, config, flags=["--oi-profile", "p"])
+    assert p.rules[0].actions["env"] == ["TZ=Asia/Tokyo", "LANG=C", "EXTRA=1"]
+    assert p.rules[0].actions["env-force"] == ["PROXY=profile", "KEEP=1"]
+    p = policy(tmp_path, config, flags=["--oi-profile", "p", "--oi-env-force", "PROXY=flag", "--oi-env=TZ=a",
+                                        "--oi-env=TZ=b"])
+    assert p.rules[0].actions == {"env": ["TZ=b", "LANG=C", "EXTRA=1"], "env-force": ["PROXY=flag", "KEEP=1"]}
+    # Still a default: the container's own value beats every source.
+    spec = spec_with(env=["TZ=mine"])
+    oi.apply_rules(spec, p.rules)
+    assert spec["process"]["env"] == ["TZ=mine", "LANG=C", "EXTRA=1", "PROXY=flag", "KEEP=1"]
+    spec = spec_with(env=["PATH=/bin"])
+    oi.apply_rules(spec, p.rules)
+    assert spec["process"]["env"] == ["PATH=/bin", "TZ=b", "LANG=C", "EXTRA=1", "PROXY=flag", "KEEP=1"]
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_its_directory(tmp_path, monkeypatch):
+    etc = tmp_path / "etc"
+    (etc / "hooks.d").mkdir(parents=True)
+    write(etc / "hooks.json", {"hooks": {"prestart": [HOOK]}})
+    config = {"version": 1, "hook-config-path": "hooks.json", "hooks-dir": ["./hooks.d"],
+              "debug-output-dir": "../log", "runtime-path": "bin/runc",
+              "profiles": {"crun": {"runtime-path": "crun"}, "local": {"runtime-path": "./my-runtime"}}}
+    write(etc / "config.json", config)
+    elsewhere = tmp_path / "bundle"
+    elsewhere.mkdir()
+    monkeypatch.chdir(str(elsewhere))          # under Docker, the bundle
+    for config_arg in (str(etc / "config.json"), "../etc/config.json"):
+        opts, _ = oi.split_command_line(["--oi-config", config_arg, "create", "x"])
+        p = oi.load_policy(opts, "oci-interceptor", complete=False)
+        assert p.debug_output_dir == str(tmp_path / "log")
+        assert p.runtime_path == str(etc / "bin" / "runc")
+        assert p.rules == []
+    opts, _ = oi.split_command_line(["--oi-config", str(etc / "config.json"), "--oi-hooks-dir", "rel.d",
+                                     "--oi-profile", "local", "create", "x"])
+    with pytest.raises(oi.ConfigError, match="hooks dir rel.d: No such file"):   # flags: relative to the cwd
+        oi.load_policy(opts, "oci-interceptor")
+    p = oi.load_policy(opts, "oci-interceptor", complete=False)
+    assert p.runtime_path == str(etc / "my-runtime")
+    opts, _ = oi.split_command_line(["--oi-config", str(etc / "config.json"), "--oi-profile", "crun", "create", "x"])
+    p = oi.load_policy(opts, "oci-interceptor")
+    assert p.runtime_path == "crun"                     # a bare name is looked up on PATH
+    assert [r.name for r in p.rules] == ["hook-config-path %s" % (etc / "hooks.json")]
+    os.rmdir(str(etc / "hooks.d"))
+    with pytest.raises(oi.ConfigError, match="hooks dir %s: No such file" % (etc / "hooks.d")):
+        oi.load_policy(opts, "oci-interceptor")

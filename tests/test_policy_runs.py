@@ -94,13 +94,80 @@ def test_check_config(pyz, fake, tmp_path):
     out = result.stdout.decode()
     assert "configuration is valid" in out
     assert "runtime: %s -> %s" % (fake.runtime, fake.runtime) in out
-    assert "rules: 3" in out and "gpu: when conditions; env-force" in out
+    assert "rules: 3" in out
+    assert ("  gpu (%s rules[0])\n    when: {\"annotations\": {\"gpu\": \"yes\"}}\n    env-force: [\"G=1\"]\n"
+            % config) in out
     assert "hook file: %s" % (hooks_dir / "01-x.json") in out
+    assert "hooks dir: %s" % hooks_dir in out
     write_json(tmp_path / "config.json", {"version": 1, "rules": [{"when": {"hostname": "["}, "env": ["A=1"]}]})
     result = run([pyz], ["--oi-config", config, "--oi-check-config"])
     assert result.returncode == 2
     assert b"rules[0].when.hostname: bad regex" in result.stderr
     assert result.stdout == b""
+
+
+def test_check_config_fails_when_the_configuration_cannot_work(pyz, fake, tmp_path):
+    """Exit 2 for a runtime or hook program that is missing or not executable;
+    the summary shows every rule in full and the resolved paths."""
+    not_executable = tmp_path / "hook.sh"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    hooks = write_json(tmp_path / "hooks.json", {"hooks": {"poststop": [{"path": "/nonexistent/cleanup"}]}})
+    config = write_json(tmp_path / "config.json", {
+        "version": 1, "runtime-path": "bin/crun", "hook-config-path": "hooks.json", "debug-output-dir": "log",
+        "write-debug-output": True,
+        "rules": [{"name": "hooked", "when": {"commands": ["^/bin/app$"], "hasBindMounts": True},
+                   "hooks": {"prestart": [{"path": str(not_executable), "args": ["h", "x"]}]},
+                   "add-mounts": [{"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                                   "options": ["size=1m"]}]}]})
+    result = run([pyz], ["--oi-config", config, "--oi-check-config"], cwd=str(tmp_path / ".."))
+    assert result.returncode == 2
+    out = result.stdout.decode().splitlines()
+    assert out[0].endswith(": configuration cannot work")
+    assert "runtime: %s -> NOT FOUND" % (tmp_path / "bin" / "crun") in out
+    assert "debug output: %s" % (tmp_path / "log") in out
+    assert "hook file: %s" % hooks in out
+    assert "    when: {\"commands\": [\"^/bin/app$\"], \"hasBindMounts\": true}" in out
+    assert ("    add-mounts: [{\"destination\": \"/scratch\", \"type\": \"tmpfs\", \"source\": \"tmpfs\", "
+            "\"options\": [\"size=1m\"]}]") in out
+    assert "    hooks: {\"prestart\": [{\"path\": \"%s\", \"args\": [\"h\", \"x\"]}]}" % not_executable in out
+    problems = ["runtime %s does not exist" % (tmp_path / "bin" / "crun"),
+                "rule hook-config-path %s: prepend-hooks poststop: hook program /nonexistent/cleanup does not exist"
+                % hooks,
+                "rule hooked: hooks prestart: hook program %s is not executable" % not_executable]
+    assert out[-3:] == ["problem: " + p for p in problems]
+    assert result.stderr.decode() == "oci-interceptor: configuration cannot work: %s\n" % "; ".join(problems)
+    # Fixed, it passes.
+    not_executable.chmod(0o755)
+    write_json(tmp_path / "hooks.json", {"hooks": {"poststop": [{"path": "/bin/true"}]}})
+    (tmp_path / "bin").mkdir()
+    os.symlink(fake.runtime, str(tmp_path / "bin" / "crun"))
+    result = run([pyz], ["--oi-config", config, "--oi-check-config"])
+    assert result.returncode == 0, result.stderr
+    assert b"configuration is valid" in result.stdout and result.stderr == b""
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"OCI_INTERCEPTOR_CONFIG": "/etc/oci-interceptor/confg.json"}, "$OCI_INTERCEPTOR_CONFIG"),
+    ({}, "--oi-config")])
+def test_a_missing_config_file_named_explicitly_fails_create_and_check(pyz, fake, tmp_path, env, named):
+    args = [] if env else ["--oi-config", "/etc/oci-interceptor/confg.json"]
+    bundle = simple_bundle(tmp_path / "b")
+    raw = open(os.path.join(bundle, "config.json"), "rb").read()
+    message = ("oci-interceptor: config /etc/oci-interceptor/confg.json: No such file or directory (named by %s)\n"
+               % named)
+    for call in (["--oi-check-config"], ["--oi-runtime-path", fake.runtime, "create", "-b", bundle, "c"]):
+        result = run([pyz], args + call, fake, env=env)
+        assert (result.returncode, result.stdout, result.stderr.decode()) == (2, b"", message)
+    assert open(os.path.join(bundle, "config.json"), "rb").read() == raw
+    assert not fake.called()
+    # "" means no config file, and check-config says so.
+    for call in (["--oi-config=", "--oi-check-config"], ["--oi-check-config"]):
+        result = run([pyz], call, env={"OCI_INTERCEPTOR_CONFIG": ""})
+        assert result.returncode == 0
+    assert "config file: (none: $OCI_INTERCEPTOR_CONFIG is empty)" in result.stdout.decode()
+    result = run([pyz], ["--oi-config=", "--oi-check-config"])
+    assert "config file: (none: --oi-config is empty)" in result.stdout.decode()
 
 
 def test_dry_run_shows_the_diff_and_changes_nothing(pyz, fake, tmp_path):

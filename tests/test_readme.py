@@ -60,11 +60,20 @@ def toml_blocks_after(heading):
 
 
 def printed_snippet(engine, *flags):
+    """What --oi-register prints for a program installed as the README's
+    /usr/local/bin/oci-interceptor (only an executable file is registered)."""
     import subprocess
+    import tempfile
     from conftest import SYSTEM_PYTHON
-    return subprocess.run([SYSTEM_PYTHON, os.path.join(REPO, "oci_interceptor.py"), "--oi-register", engine,
-                           "--oi-register-path", "/usr/local/bin/oci-interceptor"] + list(flags),
-                          stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        program = os.path.join(tmp, "oci-interceptor")
+        with open(program, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(program, 0o755)
+        out = subprocess.run([SYSTEM_PYTHON, os.path.join(REPO, "oci_interceptor.py"), "--oi-register", engine,
+                              "--oi-register-path", program] + list(flags),
+                             stdout=subprocess.PIPE, check=True, universal_newlines=True).stdout
+    return out.replace(program, "/usr/local/bin/oci-interceptor")
 
 
 def test_readme_podman_snippet_is_what_the_program_prints():
