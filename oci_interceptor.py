@@ -1349,7 +1349,7 @@ def _make_mounts_readonly(spec, wanted):
         if options is not None and not (
                 isinstance(options, list) and all(isinstance(o, str) for o in options)):
             raise InterceptorError("mounts[%d].options is not a list of strings" % index)
-        new_options = make_readonly(options or [])
+        new_options = make_readonly(options or [], _is_regular_file(mount.get("source")))
         if new_options != options:
             mount["options"] = new_options
             changes.append("mounts[%d] (%s): options %s -> %s"
@@ -1357,18 +1357,37 @@ def _make_mounts_readonly(spec, wanted):
     return changes
 
 
-def make_readonly(options):
-    """['rbind', 'rw'] -> ['rbind', 'ro']; [] -> ['ro']; every 'rw' removed."""
+def make_readonly(options, source_is_file=False):
+    """Options that make a mount read-only, and a recursive bind's submounts
+    too: every 'rw' and 'rrw' removed (runc clears read-only on the whole
+    tree after the 'ro' remount for 'rrw'), 'ro' added, and 'rro' for an
+    'rbind' (runc 1.1+, crun; Linux 5.12+, else the runtime refuses the
+    container). Nothing can be mounted below a file: a bind of a regular
+    file needs no 'rro'.
+    ['rbind', 'rw'] -> ['rbind', 'ro', 'rro']; [] -> ['ro']."""
     result = []
     for option in options:
         if option == "rw":
             option = "ro"
-        if option == "ro" and "ro" in result:
+        if option == "rrw" or (option == "ro" and "ro" in result):
             continue
         result.append(option)
     if "ro" not in result:
         result.append("ro")
+    if "rbind" in result and "rro" not in result and not source_is_file:
+        result.append("rro")
     return result
+
+
+def _is_regular_file(source):
+    """Is a mount's source (an absolute host path) a regular file now?"""
+    if not isinstance(source, str) or not source.startswith("/"):
+        return False
+    import stat
+    try:
+        return stat.S_ISREG(os.stat(source).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def edit_env_defaults(spec, assignments):

@@ -30,23 +30,59 @@ def docker_like_spec():
     }
 
 
-# --- read-only networking mounts ---------------------------------------------------
+# --- read-only mounts ------------------------------------------------------------------
 
 @pytest.mark.parametrize("before, after", [
-    (["rbind", "rw"], ["rbind", "ro"]),
+    (["rbind", "rw"], ["rbind", "ro", "rro"]),
     ([], ["ro"]),
-    (["rbind"], ["rbind", "ro"]),
+    (["rbind"], ["rbind", "ro", "rro"]),
+    (["bind"], ["bind", "ro"]),                  # not recursive: no submount is carried
     (["ro"], ["ro"]),
-    (["rw", "rbind", "rw"], ["ro", "rbind"]),
+    (["rw", "rbind", "rw"], ["ro", "rbind", "rro"]),
     (["ro", "rw"], ["ro"]),
-    (["rbind", "rprivate", "nosuid", "rw"], ["rbind", "rprivate", "nosuid", "ro"]),
+    (["rbind", "rprivate", "nosuid", "rw"], ["rbind", "rprivate", "nosuid", "ro", "rro"]),
+    # rrw would clear read-only on the whole tree after the ro remount.
+    (["rbind", "rrw"], ["rbind", "ro", "rro"]),
+    (["rbind", "rrw", "ro"], ["rbind", "ro", "rro"]),
+    (["rbind", "rro", "rrw", "rw"], ["rbind", "rro", "ro"]),
+    (["bind", "rrw"], ["bind", "ro"]),
+    (["rbind", "ro", "rro"], ["rbind", "ro", "rro"]),
 ])
 def test_make_readonly(before, after):
     assert oi.make_readonly(before) == after
+    assert oi.make_readonly(after) == after                     # idempotent
 
 
-def test_readonly_networking_mounts():
+@pytest.mark.parametrize("before, after", [
+    (["rbind", "rw"], ["rbind", "ro"]),
+    (["rbind", "rrw", "rprivate"], ["rbind", "rprivate", "ro"]),
+    (["rbind", "rro"], ["rbind", "rro", "ro"]),                 # kept when the engine asked for it
+])
+def test_a_regular_file_has_nothing_below_it_to_make_read_only(before, after):
+    assert oi.make_readonly(before, source_is_file=True) == after
+
+
+def test_rro_unless_the_source_is_a_regular_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    sources = {"/f": str(tmp_path / "file"), "/d": str(tmp_path / "dir"), "/l": str(tmp_path / "link"),
+               "/missing": str(tmp_path / "missing"), "/relative": "file", "/nul": str(tmp_path) + "/\0x",
+               "/none": None}
+    spec = {"mounts": [{"destination": d, "type": "bind", "source": s, "options": ["rbind", "rw"]}
+                       for d, s in sources.items()]}
+    oi.edit_readonly_mounts(spec, ["/*"])
+    options = {m["destination"]: m["options"] for m in spec["mounts"]}
+    assert options == {"/f": ["rbind", "ro"], "/l": ["rbind", "ro"], "/d": ["rbind", "ro", "rro"],
+                       "/missing": ["rbind", "ro", "rro"], "/relative": ["rbind", "ro", "rro"],
+                       "/nul": ["rbind", "ro", "rro"], "/none": ["rbind", "ro", "rro"]}
+
+
+def test_readonly_networking_mounts(tmp_path):
     spec = docker_like_spec()
+    for mount in spec["mounts"][1:4]:            # the engine's files, as Docker writes them
+        mount["source"] = str(tmp_path / mount["source"].rpartition("/")[2])
+        open(mount["source"], "w").close()
     changes = oi.edit_readonly_networking_mounts(spec, True)
     mounts = {m["destination"]: m for m in spec["mounts"]}
     assert mounts["/etc/resolv.conf"]["options"] == ["rbind", "rprivate", "ro"]
@@ -58,6 +94,22 @@ def test_readonly_networking_mounts():
     assert "mounts[3] (/etc/hosts): options (none) -> ['ro']" in changes
     # Idempotent: a second run changes nothing.
     assert oi.edit_readonly_networking_mounts(spec, True) == []
+
+
+def test_readonly_networking_mount_of_a_directory_is_read_only_below_too():
+    spec = docker_like_spec()           # /d/resolv.conf is no file here
+    oi.edit_readonly_networking_mounts(spec, True)
+    assert spec["mounts"][1]["options"] == ["rbind", "rprivate", "ro", "rro"]
+
+
+def test_readonly_mounts_rule_drops_rrw_and_adds_rro():
+    spec = docker_like_spec()
+    spec["mounts"][4]["options"] = ["rbind", "rrw", "rprivate"]
+    changes = apply(spec, readonly_mounts=["/data"])
+    assert spec["mounts"][4]["options"] == ["rbind", "rprivate", "ro", "rro"]
+    assert changes == ["r: mounts[4] (/data): options ['rbind', 'rrw', 'rprivate'] -> "
+                       "['rbind', 'rprivate', 'ro', 'rro']"]
+    assert apply(spec, readonly_mounts=["/data"]) == []
 
 
 def test_readonly_networking_mounts_off_changes_nothing():
