@@ -1349,7 +1349,7 @@ def _make_mounts_readonly(spec, wanted):
         if options is not None and not (
                 isinstance(options, list) and all(isinstance(o, str) for o in options)):
             raise InterceptorError("mounts[%d].options is not a list of strings" % index)
-        new_options = make_readonly(options or [], _is_regular_file(mount.get("source")))
+        new_options = make_readonly(options or [], _may_carry_submounts(mount.get("source")))
         if new_options != options:
             mount["options"] = new_options
             changes.append("mounts[%d] (%s): options %s -> %s"
@@ -1357,13 +1357,12 @@ def _make_mounts_readonly(spec, wanted):
     return changes
 
 
-def make_readonly(options, source_is_file=False):
+def make_readonly(options, submounts=True):
     """Options that make a mount read-only, and a recursive bind's submounts
-    too: every 'rw' and 'rrw' removed (runc clears read-only on the whole
-    tree after the 'ro' remount for 'rrw'), 'ro' added, and 'rro' for an
-    'rbind' (runc 1.1+, crun; Linux 5.12+, else the runtime refuses the
-    container). Nothing can be mounted below a file: a bind of a regular
-    file needs no 'rro'.
+    too: every 'rw' and 'rrw' removed (for 'rrw' runc clears read-only on
+    the whole tree after the 'ro' remount), 'ro' added, and 'rro' to an
+    'rbind' that may carry submounts (runc 1.1+, crun; Linux 5.12+, else
+    the runtime refuses the container).
     ['rbind', 'rw'] -> ['rbind', 'ro', 'rro']; [] -> ['ro']."""
     result = []
     for option in options:
@@ -1374,20 +1373,25 @@ def make_readonly(options, source_is_file=False):
         result.append(option)
     if "ro" not in result:
         result.append("ro")
-    if "rbind" in result and "rro" not in result and not source_is_file:
+    if submounts and "rbind" in result and "rro" not in result:
         result.append("rro")
     return result
 
 
-def _is_regular_file(source):
-    """Is a mount's source (an absolute host path) a regular file now?"""
+def _may_carry_submounts(source):
+    """Can a bind of this source bring mounts below it? Only a directory
+    can: not a file, nor a missing path (the runtime refuses that). A
+    source that cannot be looked at (relative, unreadable) may."""
     if not isinstance(source, str) or not source.startswith("/"):
-        return False
+        return True
+    import errno
     import stat
     try:
-        return stat.S_ISREG(os.stat(source).st_mode)
-    except (OSError, ValueError):
-        return False
+        return stat.S_ISDIR(os.stat(source).st_mode)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+    except ValueError:
+        return True
 
 
 def edit_env_defaults(spec, assignments):

@@ -58,24 +58,27 @@ def test_make_readonly(before, after):
     (["rbind", "rrw", "rprivate"], ["rbind", "rprivate", "ro"]),
     (["rbind", "rro"], ["rbind", "rro", "ro"]),                 # kept when the engine asked for it
 ])
-def test_a_regular_file_has_nothing_below_it_to_make_read_only(before, after):
-    assert oi.make_readonly(before, source_is_file=True) == after
+def test_without_submounts_to_carry_no_rro_is_added(before, after):
+    assert oi.make_readonly(before, submounts=False) == after
 
 
-def test_rro_unless_the_source_is_a_regular_file(tmp_path):
+def test_rro_where_the_source_may_carry_submounts(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "file")
-    sources = {"/f": str(tmp_path / "file"), "/d": str(tmp_path / "dir"), "/l": str(tmp_path / "link"),
-               "/missing": str(tmp_path / "missing"), "/relative": "file", "/nul": str(tmp_path) + "/\0x",
-               "/none": None}
+    (tmp_path / "link-to-file").symlink_to(tmp_path / "file")
+    (tmp_path / "link-to-dir").symlink_to(tmp_path / "dir")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    sources = {"/file": str(tmp_path / "file"), "/dir": str(tmp_path / "dir"),
+               "/link-to-file": str(tmp_path / "link-to-file"), "/link-to-dir": str(tmp_path / "link-to-dir"),
+               "/missing": str(tmp_path / "missing"), "/under-a-file": str(tmp_path / "file" / "x"),
+               "/loop": str(tmp_path / "loop"), "/relative": "dir", "/nul": str(tmp_path) + "/\0x", "/none": None}
     spec = {"mounts": [{"destination": d, "type": "bind", "source": s, "options": ["rbind", "rw"]}
                        for d, s in sources.items()]}
     oi.edit_readonly_mounts(spec, ["/*"])
-    options = {m["destination"]: m["options"] for m in spec["mounts"]}
-    assert options == {"/f": ["rbind", "ro"], "/l": ["rbind", "ro"], "/d": ["rbind", "ro", "rro"],
-                       "/missing": ["rbind", "ro", "rro"], "/relative": ["rbind", "ro", "rro"],
-                       "/nul": ["rbind", "ro", "rro"], "/none": ["rbind", "ro", "rro"]}
+    with_rro = {m["destination"] for m in spec["mounts"] if m["options"] == ["rbind", "ro", "rro"]}
+    without = {m["destination"] for m in spec["mounts"] if m["options"] == ["rbind", "ro"]}
+    assert with_rro == {"/dir", "/link-to-dir", "/loop", "/relative", "/nul", "/none"}
+    assert without == {"/file", "/link-to-file", "/missing", "/under-a-file"}
 
 
 def test_readonly_networking_mounts(tmp_path):
@@ -96,14 +99,16 @@ def test_readonly_networking_mounts(tmp_path):
     assert oi.edit_readonly_networking_mounts(spec, True) == []
 
 
-def test_readonly_networking_mount_of_a_directory_is_read_only_below_too():
-    spec = docker_like_spec()           # /d/resolv.conf is no file here
+def test_readonly_networking_mount_of_a_directory_is_read_only_below_too(tmp_path):
+    spec = docker_like_spec()
+    spec["mounts"][1]["source"] = str(tmp_path)
     oi.edit_readonly_networking_mounts(spec, True)
     assert spec["mounts"][1]["options"] == ["rbind", "rprivate", "ro", "rro"]
 
 
-def test_readonly_mounts_rule_drops_rrw_and_adds_rro():
+def test_readonly_mounts_rule_drops_rrw_and_adds_rro(tmp_path):
     spec = docker_like_spec()
+    spec["mounts"][4]["source"] = str(tmp_path)
     spec["mounts"][4]["options"] = ["rbind", "rrw", "rprivate"]
     changes = apply(spec, readonly_mounts=["/data"])
     assert spec["mounts"][4]["options"] == ["rbind", "rprivate", "ro", "rro"]
