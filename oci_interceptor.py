@@ -1584,7 +1584,7 @@ def _make_mounts_readonly(spec, wanted):
         if options is not None and not (
                 isinstance(options, list) and all(isinstance(o, str) for o in options)):
             raise InterceptorError("mounts[%d].options is not a list of strings" % index)
-        new_options = make_readonly(options or [])
+        new_options = make_readonly(options or [], _may_carry_submounts(mount.get("source")))
         if new_options != options:
             mount["options"] = new_options
             changes.append("mounts[%d] (%s): options %s -> %s"
@@ -1592,18 +1592,41 @@ def _make_mounts_readonly(spec, wanted):
     return changes
 
 
-def make_readonly(options):
-    """['rbind', 'rw'] -> ['rbind', 'ro']; [] -> ['ro']; every 'rw' removed."""
+def make_readonly(options, submounts=True):
+    """Options that make a mount read-only, and a recursive bind's submounts
+    too: every 'rw' and 'rrw' removed (for 'rrw' runc clears read-only on
+    the whole tree after the 'ro' remount), 'ro' added, and 'rro' to an
+    'rbind' that may carry submounts (runc 1.1+, crun; Linux 5.12+, else
+    the runtime refuses the container).
+    ['rbind', 'rw'] -> ['rbind', 'ro', 'rro']; [] -> ['ro']."""
     result = []
     for option in options:
         if option == "rw":
             option = "ro"
-        if option == "ro" and "ro" in result:
+        if option == "rrw" or (option == "ro" and "ro" in result):
             continue
         result.append(option)
     if "ro" not in result:
         result.append("ro")
+    if submounts and "rbind" in result and "rro" not in result:
+        result.append("rro")
     return result
+
+
+def _may_carry_submounts(source):
+    """Can a bind of this source bring mounts below it? Only a directory
+    can: not a file, nor a missing path (the runtime refuses that). A
+    source that cannot be looked at (relative, unreadable) may."""
+    if not isinstance(source, str) or not source.startswith("/"):
+        return True
+    import errno
+    import stat
+    try:
+        return stat.S_ISDIR(os.stat(source).st_mode)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+    except ValueError:
+        return True
 
 
 def edit_env_defaults(spec, assignments):
@@ -1761,10 +1784,17 @@ def edit_annotations(spec, annotations):
 #     mount as fatal), /tmp and /var/log/journal, and /var/lib/systemd when
 #     the root is read-only (logind needs it);
 #   - container=oci (else systemd believes it runs in a VM) and container_uuid;
-#   - its own cgroup, writable, in a cgroup namespace: on cgroup v1 the
-#     container's name=systemd subtree bind-mounted at /sys/fs/cgroup/systemd,
-#     on v2 the /sys/fs/cgroup mount read-write. The host's tree is never
-#     made writable.
+#   - its own cgroup, writable, and no other: on cgroup v1 the container's
+#     own name=systemd cgroup bind-mounted read-write at
+#     /sys/fs/cgroup/systemd, once proven to lie inside that hierarchy (no
+#     '..', no symlink, not its root) and to be new or an empty leaf, as
+#     the runtime is about to create it; on v2 a cgroup mount at
+#     /sys/fs/cgroup made read-write, only in a new cgroup namespace of the
+#     container's own (where it shows nothing above the container's cgroup)
+#     and only when cgroup2 is mounted with nsdelegate (else the container
+#     could change its own cgroup's limits from the namespace root). A bind
+#     at /sys/fs/cgroup is left as the engine wrote it. Anything else is
+#     refused, with the key path and the problem.
 # No capability or privilege is added.
 
 SYSTEMD_INIT_COMMANDS = ("/sbin/init", "/usr/sbin/init", "/usr/local/sbin/init")
@@ -1780,33 +1810,84 @@ SYSTEMD_READONLY_ROOT_TMPFS = (("/var/lib/systemd", ["nosuid", "nodev", "mode=75
 SIGRTMIN_PLUS_3 = "37"     # what systemd halts on (glibc's SIGRTMIN is 34)
 
 
+SYSTEMD_HIERARCHY = "/sys/fs/cgroup/systemd"
+CGROUP_MOUNT_TYPES = ("cgroup", "cgroup2")
+
+
 class EditContext(object):
     """Facts an edit may need beyond the spec: the container id, and the
-    host's cgroup version (read from /proc/self/mountinfo on first use)."""
+    host's cgroups, read on first use (tests give them): the cgroup
+    version, where the v1 name=systemd hierarchy is mounted ("" for
+    nowhere), whether cgroup2 has nsdelegate, and the name=systemd cgroup
+    of this process, which becomes the runtime."""
 
-    def __init__(self, container_id=None, cgroup_version=None):
+    def __init__(self, container_id=None, cgroup_version=None, systemd_hierarchy=None, nsdelegate=None,
+                 own_systemd_cgroup=None):
         self.container_id = container_id
-        self._cgroup_version = cgroup_version
+        self._facts = {"cgroup_version": cgroup_version, "systemd_hierarchy": systemd_hierarchy,
+                       "nsdelegate": nsdelegate, "own_systemd_cgroup": own_systemd_cgroup}
+        self._host = None
         self.runtime_path = None    # a rule's "runtime-path": the runtime that runs this container
 
-    @property
-    def cgroup_version(self):
-        if self._cgroup_version is None:
-            self._cgroup_version = host_cgroup_version()
-        return self._cgroup_version
+    def _fact(self, name):
+        if self._facts[name] is None:
+            if name == "own_systemd_cgroup":
+                self._facts[name] = own_systemd_cgroup()
+            else:
+                if self._host is None:
+                    self._host = host_cgroup_mounts()
+                self._facts[name] = self._host[name]
+        return self._facts[name]
+
+    cgroup_version = property(lambda self: self._fact("cgroup_version"))
+    systemd_hierarchy = property(lambda self: self._fact("systemd_hierarchy"))
+    nsdelegate = property(lambda self: self._fact("nsdelegate"))
+    own_systemd_cgroup = property(lambda self: self._fact("own_systemd_cgroup"))
+
+
+def host_cgroup_mounts(lines=None):
+    """What /proc/self/mountinfo (or these lines of it) says: cgroup_version
+    2 when the mount on top at /sys/fs/cgroup is cgroup2, else 1 (legacy or
+    hybrid); nsdelegate, whether that cgroup2 has the option; and
+    systemd_hierarchy, where the v1 name=systemd hierarchy is mounted
+    (SYSTEMD_HIERARCHY preferred; "" for nowhere)."""
+    facts = {"cgroup_version": 1, "nsdelegate": False, "systemd_hierarchy": ""}
+    if lines is None:
+        try:
+            with open("/proc/self/mountinfo") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return facts
+    for line in lines:
+        before, separator, after = line.partition(" - ")
+        before, after = before.split(), after.split()
+        if not separator or len(before) < 5 or len(after) < 3:
+            continue
+        point, fstype, options = before[4], after[0], after[2].split(",")
+        if point == "/sys/fs/cgroup":          # a later line is mounted on top
+            facts["cgroup_version"] = 2 if fstype == "cgroup2" else 1
+            facts["nsdelegate"] = fstype == "cgroup2" and "nsdelegate" in options
+        if fstype == "cgroup" and "name=systemd" in options and facts["systemd_hierarchy"] != SYSTEMD_HIERARCHY:
+            facts["systemd_hierarchy"] = point
+    return facts
 
 
 def host_cgroup_version():
     """2 when /sys/fs/cgroup is the unified hierarchy, else 1 (legacy or hybrid)."""
+    return host_cgroup_mounts()["cgroup_version"]
+
+
+def own_systemd_cgroup():
+    """This process's name=systemd cgroup, from /proc/self/cgroup ("/" if none)."""
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/cgroup") as f:
             for line in f:
-                fields = line.split(" - ", 1)
-                if len(fields) == 2 and fields[0].split()[4] == "/sys/fs/cgroup":
-                    return 2 if fields[1].split()[0] == "cgroup2" else 1
+                fields = line.rstrip("\n").split(":", 2)
+                if len(fields) == 3 and "name=systemd" in fields[1].split(","):
+                    return fields[2]
     except OSError:
         pass
-    return 1
+    return "/"
 
 
 def is_systemd_command(spec):
@@ -1827,17 +1908,37 @@ def systemd_disabled_by_container(spec):
             or env.get(SYSTEMD_SWITCH, "").lower() in ("off", "disabled", "false", "0", "no"))
 
 
-def systemd_cgroup_path(cgroups_path, container_id):
-    """The container's cgroup, relative to a hierarchy's root, from
-    linux.cgroupsPath: cgroupfs style ("/docker/ID", "ID") or systemd style
-    ("system.slice:docker:ID" -> "/system.slice/docker-ID.scope")."""
-    if not cgroups_path:
-        return "/" + (container_id or "")
-    if ":" in cgroups_path and not cgroups_path.startswith("/"):
-        slice_, prefix, name = (cgroups_path.split(":", 2) + ["", ""])[:3]
+def systemd_cgroup_path(cgroups_path, container_id, own_cgroup="/"):
+    """The container's cgroup, as a path from a hierarchy's root, from
+    linux.cgroupsPath: cgroupfs style ("/docker/ID") or systemd style
+    ("system.slice:docker:ID" -> "/system.slice/docker-ID.scope"). A
+    relative path (none: the container id) lies under the runtime's own
+    cgroup for runc but under the root for crun: taken only where the two
+    agree. ValueError says what keeps the path from surely lying below the
+    hierarchy's root: '..', a '/' in a systemd-style part, the root itself,
+    a NUL."""
+    if cgroups_path and ":" in cgroups_path and not cgroups_path.startswith("/"):
+        parts = (cgroups_path.split(":", 2) + ["", ""])[:3]
+        if any("/" in part for part in parts):
+            raise ValueError("found '/' in a slice:prefix:name part")
+        slice_, prefix, name = parts
         unit = name if name.endswith(".slice") else "%s-%s.scope" % (prefix, name) if prefix else name + ".scope"
-        return _expand_slice(slice_ or "-.slice") + "/" + unit
-    return "/" + cgroups_path.strip("/")
+        path = _expand_slice(slice_ or "-.slice") + "/" + unit
+    else:
+        path = cgroups_path or container_id or ""
+        if not path.startswith("/"):
+            if own_cgroup != "/":
+                raise ValueError("found a relative path, which runc puts under its own cgroup %s and crun "
+                                 "under the root: give an absolute one" % own_cgroup)
+            path = "/" + path
+    components = [c for c in path.split("/") if c not in ("", ".")]
+    if "\0" in path:
+        raise ValueError("found a NUL character")
+    if ".." in components:
+        raise ValueError("found '..'")
+    if not components:
+        raise ValueError("found the hierarchy's root, which the host shares")
+    return "/" + "/".join(components)
 
 
 def _expand_slice(slice_):
@@ -1887,6 +1988,8 @@ def _container_uuid(container_id):
 
 
 def _systemd_cgroups(spec, mounts, context):
+    """The container's own cgroup, writable (see above). Everything is
+    checked before anything is changed."""
     changes = []
     linux = spec.get("linux")
     if linux is None:
@@ -1898,13 +2001,27 @@ def _systemd_cgroups(spec, mounts, context):
         namespaces = linux["namespaces"] = []
     if not isinstance(namespaces, list):
         raise InterceptorError("linux.namespaces is not a list")
-    if not any(isinstance(n, dict) and n.get("type") == "cgroup" for n in namespaces):
-        namespaces.append({"type": "cgroup"})
-        changes.append("linux.namespaces: added cgroup")
+    cgroup_namespaces = [i for i, n in enumerate(namespaces) if isinstance(n, dict) and n.get("type") == "cgroup"]
+    joined = [i for i in cgroup_namespaces if namespaces[i].get("path") is not None]
     cgroup_index = None
     for index in range(len(mounts)):
         if _mount_destination(mounts, index) == "/sys/fs/cgroup":
             cgroup_index = index
+    destinations = {_mount_destination(mounts, i) for i in range(len(mounts))}
+    if context.cgroup_version == 2:
+        writable = cgroup_index is None or _is_cgroup_mount(mounts[cgroup_index])
+        if writable and joined:
+            raise InterceptorError("linux.namespaces[%d]: joins the cgroup namespace %s; on cgroup v2 systemd "
+                                   "needs a new one of its own"
+                                   % (joined[0], _path_text(namespaces[joined[0]]["path"])))
+        if writable and not context.nsdelegate:
+            raise InterceptorError("cgroup2 at /sys/fs/cgroup is mounted without nsdelegate: in a writable "
+                                   "/sys/fs/cgroup the container could change its own cgroup's limits")
+    elif SYSTEMD_HIERARCHY not in destinations:
+        source, path = _own_systemd_cgroup(linux, context)
+    if not cgroup_namespaces:
+        namespaces.append({"type": "cgroup"})
+        changes.append("linux.namespaces: added cgroup")
     if cgroup_index is None:
         mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                        "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
@@ -1913,21 +2030,74 @@ def _systemd_cgroups(spec, mounts, context):
     if context.cgroup_version == 2:
         # In its own cgroup namespace the container sees only its own subtree.
         mount = mounts[cgroup_index]
+        if not writable:
+            return changes              # a bind: left as the engine wrote it
         options = [o for o in (mount.get("options") or []) if o not in ("ro", "rw")] + ["rw"]
         if mount.get("options") != options:
             mount["options"] = options
             changes.append("mounts[%d] (/sys/fs/cgroup): read-write (cgroup v2, own namespace)" % cgroup_index)
         return changes
-    if "/sys/fs/cgroup/systemd" in {_mount_destination(mounts, i) for i in range(len(mounts))}:
+    if SYSTEMD_HIERARCHY in destinations:
         return changes
-    cgroups_path = linux.get("cgroupsPath")
-    path = systemd_cgroup_path(cgroups_path if isinstance(cgroups_path, str) else None, context.container_id)
-    mounts.insert(cgroup_index + 1, {"destination": "/sys/fs/cgroup/systemd", "type": "bind",
-                                     "source": "/sys/fs/cgroup/systemd" + path,
+    mounts.insert(cgroup_index + 1, {"destination": SYSTEMD_HIERARCHY, "type": "bind", "source": source,
                                      "options": ["rbind", "rw", "nosuid", "noexec", "nodev"]})
-    changes.append("mounts[%d] (/sys/fs/cgroup/systemd): own name=systemd cgroup %s, read-write"
-                   % (cgroup_index + 1, path))
+    changes.append("mounts[%d] (%s): own name=systemd cgroup %s, read-write"
+                   % (cgroup_index + 1, SYSTEMD_HIERARCHY, path))
     return changes
+
+
+def _is_cgroup_mount(mount):
+    """A cgroup filesystem mounted for the container, not a bind of a host
+    path (a cgroup type with a bind option is a bind: the type is ignored)."""
+    options = mount.get("options")
+    if options is None:
+        options = []
+    return (mount.get("type") in CGROUP_MOUNT_TYPES and isinstance(options, list)
+            and "bind" not in options and "rbind" not in options)
+
+
+def _own_systemd_cgroup(linux, context):
+    """(source, path): the container's name=systemd cgroup on the host,
+    proven to be its own: inside the hierarchy, below its root, with no
+    symlink on the way, and new or an empty leaf (no process, no child
+    cgroup) -- a runtime creates it next; runc 1.1 warns of a non-empty one
+    and 1.2 refuses it."""
+    cgroups_path = linux.get("cgroupsPath")
+    if cgroups_path is not None and not isinstance(cgroups_path, str):
+        raise InterceptorError("linux.cgroupsPath is not a string")
+    where = "linux.cgroupsPath " + (_path_text(cgroups_path) if cgroups_path is not None else "(not set)")
+    hierarchy = context.systemd_hierarchy
+    if not hierarchy:
+        raise InterceptorError("%s: cgroup v1 without a name=systemd hierarchy: systemd can have no cgroup "
+                               "of its own" % where)
+    try:
+        path = systemd_cgroup_path(cgroups_path, context.container_id, context.own_systemd_cgroup)
+    except ValueError as exc:
+        raise InterceptorError("%s: the container's cgroup must lie inside %s (%s)" % (where, hierarchy, exc))
+    source = hierarchy.rstrip("/") + path
+    real = os.path.realpath(source)
+    if real != os.path.realpath(hierarchy).rstrip("/") + path:
+        raise InterceptorError("%s: the container's cgroup must lie inside %s (found a symlink: %s is %s)"
+                               % (where, hierarchy, _quote_for_message(source), _quote_for_message(real)))
+    if os.path.lexists(real):
+        try:
+            with open(os.path.join(real, "cgroup.procs")) as f:
+                processes = len(f.read().split())
+            children = [e for e in os.listdir(real) if os.path.isdir(os.path.join(real, e))]
+        except OSError as exc:
+            raise InterceptorError("%s: %s must be a new cgroup of the container's own (found no cgroup: %s)"
+                                   % (where, _quote_for_message(source), exc.strerror))
+        if processes or children:
+            raise InterceptorError("%s: %s must be a new cgroup of the container's own (found %s in it)"
+                                   % (where, _quote_for_message(source), "%d process(es)" % processes
+                                      if processes else "child cgroups"))
+    return source, path
+
+
+def _path_text(value):
+    """A path from the config, in a message: as JSON, whole unless very long."""
+    text = serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 TERM_SIGNALS = ("TERM", "SIGTERM", "15")

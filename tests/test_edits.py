@@ -30,23 +30,62 @@ def docker_like_spec():
     }
 
 
-# --- read-only networking mounts ---------------------------------------------------
+# --- read-only mounts ------------------------------------------------------------------
 
 @pytest.mark.parametrize("before, after", [
-    (["rbind", "rw"], ["rbind", "ro"]),
+    (["rbind", "rw"], ["rbind", "ro", "rro"]),
     ([], ["ro"]),
-    (["rbind"], ["rbind", "ro"]),
+    (["rbind"], ["rbind", "ro", "rro"]),
+    (["bind"], ["bind", "ro"]),                  # not recursive: no submount is carried
     (["ro"], ["ro"]),
-    (["rw", "rbind", "rw"], ["ro", "rbind"]),
+    (["rw", "rbind", "rw"], ["ro", "rbind", "rro"]),
     (["ro", "rw"], ["ro"]),
-    (["rbind", "rprivate", "nosuid", "rw"], ["rbind", "rprivate", "nosuid", "ro"]),
+    (["rbind", "rprivate", "nosuid", "rw"], ["rbind", "rprivate", "nosuid", "ro", "rro"]),
+    # rrw would clear read-only on the whole tree after the ro remount.
+    (["rbind", "rrw"], ["rbind", "ro", "rro"]),
+    (["rbind", "rrw", "ro"], ["rbind", "ro", "rro"]),
+    (["rbind", "rro", "rrw", "rw"], ["rbind", "rro", "ro"]),
+    (["bind", "rrw"], ["bind", "ro"]),
+    (["rbind", "ro", "rro"], ["rbind", "ro", "rro"]),
 ])
 def test_make_readonly(before, after):
     assert oi.make_readonly(before) == after
+    assert oi.make_readonly(after) == after                     # idempotent
 
 
-def test_readonly_networking_mounts():
+@pytest.mark.parametrize("before, after", [
+    (["rbind", "rw"], ["rbind", "ro"]),
+    (["rbind", "rrw", "rprivate"], ["rbind", "rprivate", "ro"]),
+    (["rbind", "rro"], ["rbind", "rro", "ro"]),                 # kept when the engine asked for it
+])
+def test_without_submounts_to_carry_no_rro_is_added(before, after):
+    assert oi.make_readonly(before, submounts=False) == after
+
+
+def test_rro_where_the_source_may_carry_submounts(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link-to-file").symlink_to(tmp_path / "file")
+    (tmp_path / "link-to-dir").symlink_to(tmp_path / "dir")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    sources = {"/file": str(tmp_path / "file"), "/dir": str(tmp_path / "dir"),
+               "/link-to-file": str(tmp_path / "link-to-file"), "/link-to-dir": str(tmp_path / "link-to-dir"),
+               "/missing": str(tmp_path / "missing"), "/under-a-file": str(tmp_path / "file" / "x"),
+               "/loop": str(tmp_path / "loop"), "/relative": "dir", "/nul": str(tmp_path) + "/\0x", "/none": None}
+    spec = {"mounts": [{"destination": d, "type": "bind", "source": s, "options": ["rbind", "rw"]}
+                       for d, s in sources.items()]}
+    oi.edit_readonly_mounts(spec, ["/*"])
+    with_rro = {m["destination"] for m in spec["mounts"] if m["options"] == ["rbind", "ro", "rro"]}
+    without = {m["destination"] for m in spec["mounts"] if m["options"] == ["rbind", "ro"]}
+    assert with_rro == {"/dir", "/link-to-dir", "/loop", "/relative", "/nul", "/none"}
+    assert without == {"/file", "/link-to-file", "/missing", "/under-a-file"}
+
+
+def test_readonly_networking_mounts(tmp_path):
     spec = docker_like_spec()
+    for mount in spec["mounts"][1:4]:            # the engine's files, as Docker writes them
+        mount["source"] = str(tmp_path / mount["source"].rpartition("/")[2])
+        open(mount["source"], "w").close()
     changes = oi.edit_readonly_networking_mounts(spec, True)
     mounts = {m["destination"]: m for m in spec["mounts"]}
     assert mounts["/etc/resolv.conf"]["options"] == ["rbind", "rprivate", "ro"]
@@ -58,6 +97,24 @@ def test_readonly_networking_mounts():
     assert "mounts[3] (/etc/hosts): options (none) -> ['ro']" in changes
     # Idempotent: a second run changes nothing.
     assert oi.edit_readonly_networking_mounts(spec, True) == []
+
+
+def test_readonly_networking_mount_of_a_directory_is_read_only_below_too(tmp_path):
+    spec = docker_like_spec()
+    spec["mounts"][1]["source"] = str(tmp_path)
+    oi.edit_readonly_networking_mounts(spec, True)
+    assert spec["mounts"][1]["options"] == ["rbind", "rprivate", "ro", "rro"]
+
+
+def test_readonly_mounts_rule_drops_rrw_and_adds_rro(tmp_path):
+    spec = docker_like_spec()
+    spec["mounts"][4]["source"] = str(tmp_path)
+    spec["mounts"][4]["options"] = ["rbind", "rrw", "rprivate"]
+    changes = apply(spec, readonly_mounts=["/data"])
+    assert spec["mounts"][4]["options"] == ["rbind", "rprivate", "ro", "rro"]
+    assert changes == ["r: mounts[4] (/data): options ['rbind', 'rrw', 'rprivate'] -> "
+                       "['rbind', 'rprivate', 'ro', 'rro']"]
+    assert apply(spec, readonly_mounts=["/data"]) == []
 
 
 def test_readonly_networking_mounts_off_changes_nothing():

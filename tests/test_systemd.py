@@ -38,8 +38,17 @@ def docker_spec(args=("/sbin/init",), env=("PATH=/usr/bin:/bin",), cgroups_path=
     }
 
 
-def edit(spec, mode="auto", version=1, cid=DOCKER_ID):
-    return oi.edit_systemd(spec, mode, oi.EditContext(cid, cgroup_version=version))
+def edit(spec, mode="auto", version=1, cid=DOCKER_ID, hierarchy=oi.SYSTEMD_HIERARCHY, nsdelegate=True, own="/"):
+    context = oi.EditContext(cid, cgroup_version=version, systemd_hierarchy=hierarchy, nsdelegate=nsdelegate,
+                             own_systemd_cgroup=own)
+    return oi.edit_systemd(spec, mode, context)
+
+
+def refused(spec, message, **kwargs):
+    """The edit refuses the container with exactly this one-line message."""
+    with pytest.raises(oi.InterceptorError) as caught:
+        edit(spec, "always", **kwargs)
+    assert str(caught.value) == message
 
 
 def destinations(spec):
@@ -107,15 +116,6 @@ def test_tmpfs_mounts_env_mark_and_cgroup_v1():
     assert edit(spec) == []                                                # idempotent
 
 
-def test_cgroup_v2_makes_the_namespaced_cgroup_mount_writable():
-    spec = docker_spec()
-    edit(spec, version=2)
-    mounts = {m["destination"]: m for m in spec["mounts"]}
-    assert mounts["/sys/fs/cgroup"]["options"] == ["nosuid", "noexec", "nodev", "rw"]
-    assert "/sys/fs/cgroup/systemd" not in mounts
-    assert {"type": "cgroup"} in spec["linux"]["namespaces"]
-
-
 def test_existing_mounts_and_env_are_kept():
     spec = docker_spec(env=["container=docker", "container_uuid=abc"])
     spec["mounts"].append({"destination": "/tmp", "type": "bind", "source": "/srv/tmp"})
@@ -141,17 +141,282 @@ def test_cgroup_mount_added_when_missing():
 
 
 @pytest.mark.parametrize("cgroups_path, cid, expected", [
-    ("/docker/abc", "abc", "/docker/abc"),
+    ("/docker/abc", "abc", "/docker/abc"),                                  # Docker, cgroupfs
     ("docker/abc", "abc", "/docker/abc"),
+    ("/docker//abc/", "abc", "/docker/abc"),
+    ("/libpod_parent/libpod-abc", "abc", "/libpod_parent/libpod-abc"),      # Podman, cgroupfs
     ("/kubepods/besteffort/pod1/abc", "abc", "/kubepods/besteffort/pod1/abc"),
-    ("system.slice:docker:abc", "abc", "/system.slice/docker-abc.scope"),
+    ("system.slice:docker:abc", "abc", "/system.slice/docker-abc.scope"),   # Docker, systemd
     ("machine-libpod_pod_1.slice:libpod:abc", "abc", "/machine.slice/machine-libpod_pod_1.slice/libpod-abc.scope"),
+    ("machine.slice:libpod:abc", "abc", "/machine.slice/libpod-abc.scope"),  # Podman, systemd
+    ("kubepods-besteffort-pod1.slice:cri-containerd:abc", "abc",             # containerd CRI, systemd
+     "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope"),
     (":runc:abc", "abc", "/runc-abc.scope"),
     (None, "abc", "/abc"),
     ("", "abc", "/abc"),
 ])
 def test_cgroup_paths_of_both_styles(cgroups_path, cid, expected):
     assert oi.systemd_cgroup_path(cgroups_path, cid) == expected
+    spec = docker_spec(cgroups_path=cgroups_path)
+    edit(spec, cid=cid)
+    assert {m["destination"]: m["source"] for m in spec["mounts"]}["/sys/fs/cgroup/systemd"] == \
+        "/sys/fs/cgroup/systemd" + expected
+
+
+# --- the container's own cgroup and no other (cgroup v1) ------------------------------------
+
+@pytest.mark.parametrize("cgroups_path, cid, found", [
+    ("/../../../../../../tmp/rt/escape", DOCKER_ID, "found '..'"),
+    ("/docker/../../etc", DOCKER_ID, "found '..'"),
+    ("docker/../../../x", DOCKER_ID, "found '..'"),
+    ("/..", DOCKER_ID, "found '..'"),
+    (None, "..", "found '..'"),
+    ("/", DOCKER_ID, "found the hierarchy's root, which the host shares"),
+    ("//./", DOCKER_ID, "found the hierarchy's root, which the host shares"),
+    ("../../../tmp/x.slice:docker:abc", DOCKER_ID, "found '/' in a slice:prefix:name part"),
+    ("system.slice:docker:../../../tmp", DOCKER_ID, "found '/' in a slice:prefix:name part"),
+    ("system.slice:../..:abc", DOCKER_ID, "found '/' in a slice:prefix:name part"),
+    ("/docker/a\u0000b", DOCKER_ID, "found a NUL character"),
+])
+def test_a_cgroups_path_that_leaves_the_hierarchy_is_refused(cgroups_path, cid, found):
+    spec = docker_spec(cgroups_path=cgroups_path)
+    before = copy.deepcopy(spec)
+    shown = "(not set)" if cgroups_path is None else json.dumps(cgroups_path)
+    refused(spec, "linux.cgroupsPath %s: the container's cgroup must lie inside /sys/fs/cgroup/systemd (%s)"
+            % (shown, found), cid=cid)
+    assert spec == before
+
+
+def test_the_refusal_is_one_line_naming_the_rule_and_action():
+    spec = docker_spec(cgroups_path="/../../../../../../tmp/rt/escape")
+    rule = oi.Rule("(global)", None, {"systemd": "always"}, "test")
+    with pytest.raises(oi.InterceptorError) as caught:
+        oi.apply_rules(spec, [rule], oi.EditContext(DOCKER_ID, cgroup_version=1,
+                                                    systemd_hierarchy=oi.SYSTEMD_HIERARCHY, own_systemd_cgroup="/"))
+    assert str(caught.value) == (
+        "rule (global): systemd: linux.cgroupsPath \"/../../../../../../tmp/rt/escape\": "
+        "the container's cgroup must lie inside /sys/fs/cgroup/systemd (found '..')")
+
+
+def test_a_control_character_in_the_path_stays_on_one_line():
+    spec = docker_spec(cgroups_path="/docker/../x\ny")
+    with pytest.raises(oi.InterceptorError) as caught:
+        edit(spec)
+    assert "\n" not in str(caught.value) and "found '..'" in str(caught.value)
+
+
+def fake_cgroup(path, processes=()):
+    path.mkdir(parents=True)
+    (path / "cgroup.procs").write_text("".join("%d\n" % p for p in processes))
+    return path
+
+
+def test_a_symlink_in_the_hierarchy_is_refused(tmp_path):
+    hierarchy = fake_cgroup(tmp_path / "systemd")
+    fake_cgroup(tmp_path / "elsewhere")
+    (hierarchy / "docker").symlink_to(tmp_path / "elsewhere")
+    spec = docker_spec(cgroups_path="/docker/abc")
+    refused(spec, "linux.cgroupsPath \"/docker/abc\": the container's cgroup must lie inside %s "
+            "(found a symlink: %s/docker/abc is %s/elsewhere/abc)" % (hierarchy, hierarchy, tmp_path),
+            hierarchy=str(hierarchy))
+
+
+def test_a_symlinked_hierarchy_is_resolved_and_compared(tmp_path):
+    real = fake_cgroup(tmp_path / "real")
+    (tmp_path / "systemd").symlink_to(real)
+    spec = docker_spec(cgroups_path="/docker/abc")
+    edit(spec, hierarchy=str(tmp_path / "systemd"))
+    assert spec["mounts"][3]["source"] == str(tmp_path / "systemd") + "/docker/abc"
+
+
+@pytest.mark.parametrize("processes, child, found", [
+    ((4242,), False, "found 1 process(es) in it"),
+    ((1, 2, 3), False, "found 3 process(es) in it"),
+    ((), True, "found child cgroups in it"),
+])
+def test_a_cgroup_someone_else_uses_is_refused(tmp_path, processes, child, found):
+    hierarchy = fake_cgroup(tmp_path / "systemd")
+    taken = fake_cgroup(hierarchy / "system.slice", processes)
+    if child:
+        fake_cgroup(taken / "sshd.service", (1,))
+    spec = docker_spec(cgroups_path="/system.slice")
+    refused(spec, "linux.cgroupsPath \"/system.slice\": %s/system.slice must be a new cgroup of the container's "
+            "own (%s)" % (hierarchy, found), hierarchy=str(hierarchy))
+
+
+def test_a_directory_that_is_no_cgroup_is_refused(tmp_path):
+    hierarchy = fake_cgroup(tmp_path / "systemd")
+    (hierarchy / "docker").mkdir()
+    (hierarchy / "docker" / "abc").mkdir()
+    refused(docker_spec(cgroups_path="/docker/abc"), "linux.cgroupsPath \"/docker/abc\": %s/docker/abc must be "
+            "a new cgroup of the container's own (found no cgroup: No such file or directory)" % hierarchy,
+            hierarchy=str(hierarchy))
+
+
+def test_a_new_cgroup_or_an_empty_leaf_is_the_containers_own(tmp_path):
+    hierarchy = fake_cgroup(tmp_path / "systemd")
+    fake_cgroup(hierarchy / "docker" / "busy", (7,))          # a sibling in use does not matter
+    spec = docker_spec(cgroups_path="/docker/new")
+    edit(spec, hierarchy=str(hierarchy))
+    assert spec["mounts"][3]["source"] == str(hierarchy) + "/docker/new"
+    fake_cgroup(hierarchy / "docker" / "leftover")
+    spec = docker_spec(cgroups_path="/docker/leftover")
+    edit(spec, hierarchy=str(hierarchy))
+    assert spec["mounts"][3]["source"] == str(hierarchy) + "/docker/leftover"
+
+
+def test_without_a_name_systemd_hierarchy_it_is_refused():
+    refused(docker_spec(), "linux.cgroupsPath \"/docker/%s\": cgroup v1 without a name=systemd hierarchy: "
+            "systemd can have no cgroup of its own" % DOCKER_ID, hierarchy="")
+
+
+def test_a_relative_path_is_taken_only_where_runc_and_crun_agree():
+    spec = docker_spec(cgroups_path="docker/abc")
+    edit(spec, own="/")
+    assert spec["mounts"][3]["source"] == "/sys/fs/cgroup/systemd/docker/abc"
+    for cgroups_path, shown in (("docker/abc", '"docker/abc"'), (None, "(not set)")):
+        refused(docker_spec(cgroups_path=cgroups_path),
+                "linux.cgroupsPath %s: the container's cgroup must lie inside /sys/fs/cgroup/systemd (found a "
+                "relative path, which runc puts under its own cgroup /system.slice/containerd.service and crun "
+                "under the root: give an absolute one)" % shown, own="/system.slice/containerd.service")
+
+
+def test_a_cgroups_path_that_is_not_a_string_is_refused():
+    refused(docker_spec(cgroups_path=["/docker/abc"]), "linux.cgroupsPath is not a string")
+
+
+def test_v1_with_a_bind_of_the_host_tree_or_a_joined_namespace_adds_only_its_own_cgroup():
+    """A user's bind of the host's /sys/fs/cgroup stays as the engine wrote
+    it; a joined cgroup namespace stays joined. Either way the one thing
+    added writable is the container's own name=systemd cgroup."""
+    spec = docker_spec()
+    host_tree = {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup",
+                 "options": ["rbind", "ro", "rprivate"]}
+    spec["mounts"][2] = dict(host_tree)
+    joined = {"type": "cgroup", "path": "/proc/1/ns/cgroup"}
+    spec["linux"]["namespaces"].append(dict(joined))
+    changes = edit(spec)
+    assert spec["mounts"][2] == host_tree
+    assert spec["mounts"][3]["source"] == "/sys/fs/cgroup/systemd/docker/" + DOCKER_ID
+    assert [n for n in spec["linux"]["namespaces"] if n["type"] == "cgroup"] == [joined]
+    writable = [m for m in spec["mounts"] if "rw" in (m.get("options") or []) and m["type"] != "tmpfs"]
+    assert [m["destination"] for m in writable] == ["/sys/fs/cgroup/systemd", "/etc/hosts"]   # /etc/hosts: as given
+    assert "linux.namespaces: added cgroup" not in changes
+
+
+# --- cgroup v2: writable only in a namespace of its own, with nsdelegate -----------------------
+
+def test_cgroup_v2_makes_the_namespaced_cgroup_mount_writable():
+    spec = docker_spec()
+    edit(spec, version=2)
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts["/sys/fs/cgroup"]["options"] == ["nosuid", "noexec", "nodev", "rw"]
+    assert "/sys/fs/cgroup/systemd" not in mounts
+    assert {"type": "cgroup"} in spec["linux"]["namespaces"]
+    assert edit(spec, version=2) == []
+
+
+@pytest.mark.parametrize("namespace", [None, {"type": "cgroup"}, {"type": "cgroup", "path": None}])
+def test_cgroup_v2_own_namespace_given_or_added(namespace):
+    spec = docker_spec()
+    if namespace is not None:
+        spec["linux"]["namespaces"].append(namespace)
+    spec["mounts"][2]["type"] = "cgroup2"
+    edit(spec, version=2)
+    assert spec["mounts"][2]["options"][-1] == "rw"
+    assert len([n for n in spec["linux"]["namespaces"] if n["type"] == "cgroup"]) == 1
+
+
+def test_cgroup_v2_cgroup_mount_added_writable_when_missing():
+    spec = docker_spec()
+    del spec["mounts"][2]
+    edit(spec, version=2)
+    assert [m for m in spec["mounts"] if m["destination"] == "/sys/fs/cgroup"] == [
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]}]
+
+
+@pytest.mark.parametrize("mount", [
+    # docker run -v /sys/fs/cgroup:/sys/fs/cgroup:ro
+    {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]},
+    {"destination": "/sys/fs/cgroup", "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]},
+    # a cgroup type with a bind option is a bind (runtimes pass MS_BIND, the type is ignored)
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "/sys/fs/cgroup", "options": ["bind", "ro"]},
+    {"destination": "/sys/fs/cgroup/", "type": "tmpfs", "source": "tmpfs", "options": ["ro"]},
+])
+@pytest.mark.parametrize("nsdelegate", [True, False])
+def test_cgroup_v2_a_bind_at_sys_fs_cgroup_is_left_as_the_engine_wrote_it(mount, nsdelegate):
+    spec = docker_spec()
+    spec["mounts"][2] = copy.deepcopy(mount)
+    spec["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/1/ns/cgroup"})
+    edit(spec, version=2, nsdelegate=nsdelegate)
+    assert spec["mounts"][2] == mount
+    assert all("rw" not in (m.get("options") or []) for m in spec["mounts"] if m["destination"] != "/etc/hosts")
+
+
+def test_cgroup_v2_the_last_mount_at_sys_fs_cgroup_is_the_one_on_top():
+    spec = docker_spec()
+    host_tree = {"destination": "/sys/fs/cgroup", "type": "bind", "source": "/sys/fs/cgroup", "options": ["rbind"]}
+    spec["mounts"].append(dict(host_tree))
+    edit(spec, version=2)
+    assert [m for m in spec["mounts"] if m["destination"] == "/sys/fs/cgroup"] == [
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]}, host_tree]
+
+
+@pytest.mark.parametrize("path", ["/proc/1/ns/cgroup", "/run/netns/x", ""])
+def test_cgroup_v2_a_joined_cgroup_namespace_is_refused(path):
+    spec = docker_spec()
+    spec["linux"]["namespaces"].append({"type": "cgroup", "path": path})
+    before = copy.deepcopy(spec)
+    refused(spec, "linux.namespaces[2]: joins the cgroup namespace %s; on cgroup v2 systemd needs a new one "
+            "of its own" % json.dumps(path), version=2)
+    assert spec == before
+
+
+def test_cgroup_v2_without_nsdelegate_is_refused():
+    """Without nsdelegate the kernel lets a process write the resource knobs
+    of its cgroup namespace's root: the container's own limits."""
+    spec = docker_spec()
+    before = copy.deepcopy(spec)
+    refused(spec, "cgroup2 at /sys/fs/cgroup is mounted without nsdelegate: in a writable /sys/fs/cgroup the "
+            "container could change its own cgroup's limits", version=2, nsdelegate=False)
+    assert spec == before
+
+
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate"""
+V2_MOUNTINFO = "29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 " \
+               "rw,nsdelegate,memory_recursiveprot"
+
+
+@pytest.mark.parametrize("lines, facts", [
+    (HYBRID_MOUNTINFO, {"cgroup_version": 1, "nsdelegate": False, "systemd_hierarchy": "/sys/fs/cgroup/systemd"}),
+    (V2_MOUNTINFO, {"cgroup_version": 2, "nsdelegate": True, "systemd_hierarchy": ""}),
+    (V2_MOUNTINFO.replace("nsdelegate,", ""), {"cgroup_version": 2, "nsdelegate": False, "systemd_hierarchy": ""}),
+    # The unified hierarchy bound over /sys/fs/cgroup in a mount namespace: the last line is on top.
+    (HYBRID_MOUNTINFO + "\n99 31 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw",
+     {"cgroup_version": 2, "nsdelegate": False, "systemd_hierarchy": "/sys/fs/cgroup/systemd"}),
+    ("40 31 0:37 / /cg/sd rw - cgroup cgroup rw,name=systemd\n41 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup "
+     "cgroup rw,name=systemd\n42 31 0:37 / /other rw - cgroup cgroup rw,name=systemd",
+     {"cgroup_version": 1, "nsdelegate": False, "systemd_hierarchy": "/sys/fs/cgroup/systemd"}),
+    ("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\nbroken line\n",
+     {"cgroup_version": 1, "nsdelegate": False, "systemd_hierarchy": ""}),
+])
+def test_host_cgroup_mounts(lines, facts):
+    assert oi.host_cgroup_mounts(lines.splitlines()) == facts
+
+
+def test_the_context_reads_the_host_once_and_given_facts_win():
+    context = oi.EditContext("c", cgroup_version=2, nsdelegate=False)
+    assert (context.cgroup_version, context.nsdelegate) == (2, False)
+    assert context.systemd_hierarchy == oi.host_cgroup_mounts()["systemd_hierarchy"]
+    assert context.own_systemd_cgroup == oi.own_systemd_cgroup()
+    assert oi.EditContext().cgroup_version == oi.host_cgroup_version()
 
 
 def test_container_uuid():
