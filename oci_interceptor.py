@@ -441,6 +441,8 @@ class Policy(object):
         self.write_debug_output = False
         self.debug_output_dir = DEFAULT_DEBUG_DIR
         self.config_path = None
+        self.config_stat = None     # fstat of the descriptor the config file was read from
+        self.config_dir_stat = None  # its directory's stat, taken before reading it
         self.profile = None
         self.rules = []
         self.files = []             # every policy file read, in order
@@ -464,7 +466,7 @@ def load_policy(opts, argv0, complete=True):
     rules = []
     path, explicit = _config_file_to_read(opts)
     if path is not None:
-        data = _load_config_file(path, explicit)
+        data = _load_config_file(path, explicit, policy)
         if data is not None:
             policy.config_path = path
             policy.files.append(path)
@@ -517,11 +519,18 @@ def _config_file_to_read(opts):
     return default, False
 
 
-def _load_config_file(path, explicit):
-    """The parsed JSON of a policy file; None when the default file is absent."""
+def _load_config_file(path, explicit, policy):
+    """The parsed JSON of a policy file; None when the default file is absent.
+    Keeps in the policy what remember_passthrough needs: the stat of the
+    descriptor read, and of the directory before the file was opened."""
+    try:
+        dir_stat = posix.stat(path.rpartition("/")[0] or "/") if path.startswith("/") else None
+    except OSError:
+        dir_stat = None
     read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
     if read is None:
         return None
+    policy.config_stat, policy.config_dir_stat = read[1], dir_stat
     try:
         return parse_json(read[0])
     except ValueError as exc:
@@ -2928,29 +2937,35 @@ def register_docker(program, name, make_default, daemon_json):
 
 def remember_passthrough(argv0, opts, call, policy):
     """As root, record in STATE_DIR what this call, which edits nothing, made
-    of the config file: the file's and its directory's identity (device,
-    inode, size, times, owner, mode) and the runtime setting. While both are
-    unchanged, the .pyz's shell preamble execs that runtime for such calls
-    without starting Python; any change to the file, its directory, the
-    program's version or name sends the call here again. Best effort: a
-    failure here never fails the call."""
+    of the config file, with the identity (device, inode, size, times, owner,
+    mode) of the file as it was read -- the stat of the descriptor the policy
+    came from -- and of its directory as it was before the file was opened.
+    Nothing is recorded unless both still are exactly that: a rename or an
+    edit in between would pair another file with this file's decision. While
+    both stay unchanged, the .pyz's shell preamble execs that runtime for
+    such calls without starting Python; any change to the file, its
+    directory, the program's version or name sends the call here again.
+    Best effort: a failure here never fails the call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
     if (posix.geteuid() != 0 or not path or not path.startswith("/") or call.edits_config
             or policy.write_debug_output or policy.uses_systemd
             or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS if f.kind != "action")
             or "\n" in path or "\n" in policy.runtime_path or policy.runtime_path.strip() != policy.runtime_path
-            or not name or debug_file_stem(name, "") != name or len(name) > 128):
+            or not name or debug_file_stem(name, "") != name or len(name) > 128
+            or policy.config_stat is None or policy.config_dir_stat is None):
         return
     state_dir = getenv(STATE_DIR_ENV) or STATE_DIR
     try:
-        st = posix.lstat(path)
-        if (st.st_mode & _S_IFMT) != 0o100000:
-            return                      # a symlink: the preamble could not check its target
+        signature = _stat_signature(policy.config_stat)
+        if _stat_signature(posix.lstat(path)) != signature:
+            return          # a symlink (the preamble could not check its target), or changed since
         directory = path.rpartition("/")[0] or "/"
+        dir_signature = _stat_signature(policy.config_dir_stat)
+        if _stat_signature(posix.stat(directory)) != dir_signature:
+            return          # changed while the file was read (a rename over it, perhaps)
         content = "%s %s\n%s\n%s\n%s\n%s\n" % (
-            PASSTHROUGH_MAGIC, __version__, path, _stat_signature(st), _stat_signature(posix.stat(directory)),
-            policy.runtime_path)
+            PASSTHROUGH_MAGIC, __version__, path, signature, dir_signature, policy.runtime_path)
         try:
             posix.mkdir(state_dir, 0o700)
         except FileExistsError:

@@ -326,3 +326,90 @@ def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_pat
     run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(link), state)
     assert not os.path.exists(os.path.join(state, "passthrough-oi"))
 
+
+# --- the record describes the file the policy was read from ----------------------------------------
+
+def _policy_and_record(tmp_path, monkeypatch, during_read=None):
+    """Load the policy of a config file in-process (during_read(when) runs
+    just before and just after the file is read) and let
+    remember_passthrough record it; return (policy, the record or None)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = etc / "config.json"
+    config.write_text('{"version": 1, "runtime-path": "runtime-a"}')
+    config.chmod(0o644)
+    state = tmp_path / "state"
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", str(config))
+    monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
+    real_read = oi.read_config
+
+    def read_config(path, follow_symlinks=False):
+        if path == str(config) and during_read:
+            during_read("before", config)
+        result = real_read(path, follow_symlinks)
+        if path == str(config) and during_read:
+            during_read("after", config)
+        return result
+    monkeypatch.setattr(oi, "read_config", read_config)
+    opts, runtime_args = oi.split_command_line(["state", "x"])
+    policy = oi.load_policy(opts, "oi", complete=False)
+    monkeypatch.setattr(oi, "read_config", real_read)
+    oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
+    record = state / "passthrough-oi"
+    return policy, (record.read_text().split("\n") if record.exists() else None)
+
+
+def _signature(path):
+    return oi._stat_signature(os.lstat(str(path)))
+
+
+def _replace(config, text, mtime=None):
+    new = config.parent / "config.json.new"
+    new.write_text(text)
+    new.chmod(0o644)
+    if mtime is not None:
+        os.utime(str(new), (mtime, mtime))
+    os.rename(str(new), str(config))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_the_record_carries_the_stat_of_the_descriptor_read_and_of_the_directory_before(tmp_path, monkeypatch):
+    policy, record = _policy_and_record(tmp_path, monkeypatch)
+    config = tmp_path / "etc" / "config.json"
+    assert policy.runtime_path == "runtime-a"
+    assert record[1:5] == [str(config), _signature(config), _signature(config.parent), "runtime-a"]
+    assert oi._stat_signature(policy.config_stat) == _signature(config)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_no_record_when_the_file_is_renamed_over_while_it_is_read(tmp_path, monkeypatch, when):
+    # The decision of one file must never be recorded with another's identity.
+    def swap(moment, config):
+        if moment == when:
+            _replace(config, '{"version": 1, "runtime-path": "runtime-b"}')
+    policy, record = _policy_and_record(tmp_path, monkeypatch, swap)
+    assert policy.runtime_path == ("runtime-b" if when == "before" else "runtime-a")
+    assert record is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_when_the_file_changes_in_place_after_it_was_read(tmp_path, monkeypatch):
+    # The same inode and size, the directory untouched: only the file's
+    # times tell; the record would pair them with the old contents.
+    def rewrite(moment, config):
+        if moment == "after":
+            with open(str(config), "r+") as f:
+                f.write('{"version": 1, "runtime-path": "runtime-b"}')
+            os.utime(str(config), (1000000000, 1000000000))
+    policy, record = _policy_and_record(tmp_path, monkeypatch, rewrite)
+    assert policy.runtime_path == "runtime-a" and record is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_when_the_directory_changed_while_the_file_was_read(tmp_path, monkeypatch):
+    def sibling(moment, config):
+        if moment == "before":
+            (config.parent / "other").write_text("x")
+    policy, record = _policy_and_record(tmp_path, monkeypatch, sibling)
+    assert policy.runtime_path == "runtime-a" and record is None
