@@ -56,14 +56,18 @@ PREAMBLE = """#!/bin/sh
 # passthrough meaning is "runtime" or "ignored") execs the runtime from the
 # shell, as Python would, without starting Python. Anything unusual (a flag
 # it does not know, a bad value, a runtime it cannot find) leaves it to
-# Python, which decides and words any error. Its patterns are generated from
-# the module's own tables.
+# Python, which decides and words any error. So does any runtime option
+# before the subcommand other than a global option spelled exactly (`--root
+# X`, `-root=X`, `--debug`): an abbreviation (`--log-f`), a `--`, an unknown
+# option may hide the subcommand, and only Python reads those. Its patterns
+# are generated from the module's own tables.
 FAST_PATH = r"""oi_slow= oi_cached=
-oi_global_with_value() {{  # a runtime global option that takes the next argument
-  oi_n=$1
-  while :; do case $oi_n in -*) oi_n=${{oi_n#-}} ;; *) break ;; esac; done
-  case $oi_n in {globals}) return 0 ;; esac
-  return 1
+oi_global() {{  # oi_kind: "value" (takes the next argument), "flag", or "" (leave it to Python)
+  case $1 in
+    {globals_value}) oi_kind=value ;;
+    {globals_flag}) oi_kind=flag ;;
+    *) oi_kind= ;;
+  esac
 }}
 case ${{0##*/}} in oci-add-hooks) oi_slow=1 ;; esac
 oi_cfg=${{{config_env}-{default_config}}}
@@ -128,10 +132,9 @@ if [ -z "$oi_slow" ]; then
     case $oi_a in
 {flag_cases}
       {our_flags}) oi_slow=1; break ;;
-      --) oi_slow=1; break ;;
       -) oi_cmd=- ;;
-      -*=*) ;;
-      -*) oi_global_with_value "$oi_a" && oi_want=skip ;;
+      -*) oi_global "$oi_a"
+          case $oi_kind in value) oi_want=skip ;; flag) ;; *) oi_slow=1; break ;; esac ;;
       *) oi_cmd=$oi_a ;;
     esac
   done
@@ -161,8 +164,7 @@ if [ -n "$oi_exe" ]; then
     case $oi_a in
 {drop_cases}
       -) set -- "$@" "$oi_a"; oi_cmd=1 ;;
-      -*=*) set -- "$@" "$oi_a" ;;
-      -*) set -- "$@" "$oi_a"; oi_global_with_value "$oi_a" && oi_drop=keep ;;
+      -*) set -- "$@" "$oi_a"; oi_global "$oi_a"; [ "$oi_kind" = value ] && oi_drop=keep ;;
       *) set -- "$@" "$oi_a"; oi_cmd=1 ;;
     esac
   done
@@ -200,15 +202,28 @@ def fast_path(module):
         drop_cases.append("      %s) oi_drop=drop ;;" % spelled)
         drop_cases.append("      %s) ;;" % with_value)
     our_flags = "|".join(["--oi-*"] + ["%s|%s=*" % (n, n) for n in ours if not n.startswith("--oi-")])
+    globals_value, globals_flag = global_option_patterns(module)
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
         state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR, records=module.RECORDS_SUBDIR,
         magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,
-        globals="|".join(sorted(module.RUNTIME_GLOBALS_WITH_VALUE)),
+        globals_value="|".join(globals_value), globals_flag="|".join(globals_flag),
         editing="|".join(sorted(module.EDITING_COMMANDS)),
         fallback_dirs=" ".join(module.FALLBACK_RUNTIME_DIRS))
+
+
+def global_option_patterns(module):
+    """The runtime global options the fast path reads itself: each name of
+    the module's EXACT_GLOBALS after one or two dashes, alone or with
+    `=VALUE`. Returns (those that take the next argument, the others)."""
+    value, flag = [], []
+    for name in sorted(module.EXACT_GLOBALS):
+        for spelling in ("-" + name, "--" + name):
+            (value if module.EXACT_GLOBALS[name] else flag).append(spelling)
+            flag.append(spelling + "=*")
+    return value, flag
 
 
 MAIN = """import sys

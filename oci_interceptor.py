@@ -287,9 +287,10 @@ def split_command_line(args):
     """Split args into (Options, runtime_args).
 
     Our flags are taken only before the runtime's subcommand. Runtime global
-    options that take a value are recognised so that their value is not
-    mistaken for the subcommand. A bad flag raises UsageError carrying the
-    runtime arguments as far as they could be split (for error reporting).
+    options are read as parse_runtime_call reads them, so that a value is
+    not mistaken for the subcommand (one it cannot read is taken to have
+    none). A bad flag raises UsageError carrying the runtime arguments as far
+    as they could be split (for error reporting).
     """
     opts = Options()
     runtime_args = []
@@ -337,7 +338,8 @@ def split_command_line(args):
             # runtime's, untouched.
             runtime_args.extend(args[i:])
             break
-        if "=" not in arg and _option_name(arg) in RUNTIME_GLOBALS_WITH_VALUE and i < n:
+        reading, _ = read_global_option(arg)
+        if reading is not None and reading[1] is _NEXT and i < n:
             runtime_args.append(args[i])
             i += 1
     if error is None:
@@ -368,11 +370,6 @@ def _misplaced_flag(opts):
     if opts.register and opts.dry_run:
         return UsageError("--oi-dry-run does not apply to --oi-register")
     return None
-
-
-def _option_name(arg):
-    """'--root', '-root' (Go's flag package accepts both) -> 'root'; '-r' -> 'r'."""
-    return arg.lstrip("-").partition("=")[0]
 
 
 def adapt_drop_in(argv0, args):
@@ -491,6 +488,8 @@ class Policy(object):
         self.debug_output_dir = DEFAULT_DEBUG_DIR
         self.config_path = None
         self.config_sought = None   # (path or None, who named it) when no file was read
+        self.config_stat = None     # fstat of the descriptor the config file was read from
+        self.config_dir_stat = None  # its directory's stat, taken before reading it
         self.profile = None
         self.rules = []
         self.files = []             # every policy file read, in order
@@ -514,7 +513,7 @@ def load_policy(opts, argv0, complete=True):
     settings = {}
     rules = []
     path, explicit = _config_file_to_read(opts)
-    data = _load_config_file(path, explicit) if path is not None else None
+    data = _load_config_file(path, explicit, policy) if path is not None else None
     if data is not None:
         policy.config_path = path
         policy.files.append(path)
@@ -575,11 +574,17 @@ def _no_config_file_reason(path, explicit):
     return "%s does not exist" % path
 
 
-def _load_config_file(path, explicit):
+def _load_config_file(path, explicit, policy):
     """The parsed JSON of a policy file; None when the built-in default file
     is absent. A file named explicitly must exist: a typo in its name must
-    not run every container without its policy."""
+    not run every container without its policy. Keeps in the policy what
+    remember_passthrough needs: the stat of the descriptor read, and of the
+    directory before the file was opened."""
     import errno
+    try:
+        dir_stat = posix.stat(path.rpartition("/")[0] or "/") if path.startswith("/") else None
+    except OSError:
+        dir_stat = None
     try:
         read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
     except ConfigError as exc:
@@ -588,6 +593,7 @@ def _load_config_file(path, explicit):
         raise
     if read is None:
         return None
+    policy.config_stat, policy.config_dir_stat = read[1], dir_stat
     try:
         return parse_json(read[0])
     except ValueError as exc:
@@ -1161,23 +1167,70 @@ def _load_hook_file(path):
 # 3. Runtime call: which subcommand, which bundle, which log file
 # ---------------------------------------------------------------------------
 #
-# Global options of runc, crun and youki that take a value, in any of the
-# spellings they accept: `--root X`, `--root=X`, Go's `-root X`.
-RUNTIME_GLOBALS_WITH_VALUE = frozenset((
-    "root", "log", "log-format", "log-level", "criu", "rootless",
-    "cgroup-manager", "r", "l",
-))
+# A create, run or restore must be read exactly as the runtime will read it:
+# a config we did not edit must never start. The runtimes parse differently,
+# so each option is read the way runc and the way crun would read it:
+#   - runc (urfave/cli 1 on Go's flag package): the exact name after one or
+#     two dashes (`-root`, `--root`), its value as `=V` or the next argument;
+#     no abbreviations, no clusters. It reads a subcommand's options after the
+#     container id too, and moves what it does not know as one of them after
+#     a later `--`, among the arguments (`run -bx --` runs container "-bx").
+#   - crun (glibc argp): a long option by its name or a prefix no option of a
+#     different kind shares (`--bund`), its value as `=V` or the next argument
+#     (an optional value only as `=V`); short options clustered, a value
+#     attached or next (`-db/x`, `-b /x`, `-b=/x` meaning "=/x"). It stops at
+#     the container id: create and run refuse more arguments, restore ignores
+#     a second one.
+# What one runtime rejects is read as the other reads it. An option both
+# accept with different meanings, or neither knows, cannot be read with
+# certainty: a call that could then create a container fails closed
+# (RuntimeCall.unreadable); any other call passes through untouched.
+
+# Global options (before the subcommand): name -> takes a value (True: `=V`
+# or the next argument; False: none; None: only as `=V`). By exact name:
+# runc's, and youki's -r/-l.
+EXACT_GLOBALS = {
+    "debug": False, "log": True, "log-format": True, "root": True, "criu": True,
+    "systemd-cgroup": False, "rootless": True, "help": False, "h": False, "version": False,
+    "v": False, "r": True, "l": True,
+}
+# crun's long and short options, with argp's own (help, usage, program-name,
+# HANG); any unambiguous prefix of a long one.
+CRUN_GLOBALS = {
+    "debug": False, "cgroup-manager": True, "systemd-cgroup": False, "log": True,
+    "log-format": True, "log-level": True, "root": True, "rootless": True, "version": False,
+    "help": False, "usage": False, "program-name": True, "HANG": None,
+}
+CRUN_GLOBAL_SHORTS = {"v": False, "V": False, "?": False}
 
 # The subcommands that create a container from a bundle's config.json.
 EDITING_COMMANDS = frozenset(("create", "run", "restore"))
 
-# Options of those subcommands that take a value (runc, crun, youki), so that
-# a value is never mistaken for the container id or for a bundle flag.
-COMMAND_OPTIONS_WITH_VALUE = frozenset((
-    "b", "bundle", "f", "config", "console", "console-socket", "pid-file",
-    "preserve-fds", "pidfd-socket", "image-path", "work-path", "parent-path",
-    "manage-cgroups-mode", "empty-ns", "lsm-profile", "lsm-mount-context",
-))
+# Their options (all three subcommands together): runc's by exact name...
+RUNC_COMMAND_OPTIONS = {
+    "bundle": True, "b": True, "console-socket": True, "pid-file": True, "preserve-fds": True,
+    "pidfd-socket": True, "no-pivot": False, "no-new-keyring": False, "no-subreaper": False,
+    "detach": False, "d": False, "keep": False, "image-path": True, "work-path": True,
+    "parent-path": True, "manage-cgroups-mode": True, "empty-ns": True, "lsm-profile": True,
+    "lsm-mount-context": True, "tcp-established": False, "ext-unix-sk": False, "shell-job": False,
+    "file-locks": False, "auto-dedup": False, "lazy-pages": False, "help": False, "h": False,
+}
+# ...and crun's, long (with argp's) and short.
+CRUN_COMMAND_OPTIONS = {
+    "bundle": True, "config": True, "console-socket": True, "pid-file": True, "preserve-fds": True,
+    "no-pivot": False, "no-new-keyring": False, "no-subreaper": False, "detach": False,
+    "keep": False, "image-path": True, "work-path": True, "manage-cgroups-mode": True,
+    "tcp-established": False, "ext-unix-sk": False, "shell-job": False, "file-locks": False,
+    "help": False, "usage": False, "program-name": True, "HANG": None,
+}
+CRUN_COMMAND_SHORTS = {"b": True, "f": True, "d": False, "?": False}
+
+# One-letter names, by the long option they stand for.
+_SHORT_OPTIONS = {"b": "bundle", "f": "config", "d": "detach", "h": "help", "?": "help",
+                  "v": "version", "V": "version", "r": "root", "l": "log"}
+
+# An option's value is the next argument.
+_NEXT = object()
 
 
 # The other subcommands that name a container, and their options that take
@@ -1200,7 +1253,12 @@ LIFECYCLE_OPTIONS_WITH_VALUE = {
 
 
 class RuntimeCall(object):
-    """What the runtime is asked to do, read from its argument list."""
+    """What the runtime is asked to do, read from its argument list.
+
+    unreadable: why the call cannot be read with certainty while it could
+    create a container. Such a call counts as editing, and asking for its
+    config raises, so that it fails closed wherever a config would be read.
+    """
 
     def __init__(self, args):
         self.args = args
@@ -1212,93 +1270,200 @@ class RuntimeCall(object):
         self.config_file = None      # crun's -f/--config
         self.container_id = None
         self.root = None             # the runtime's --root: its state directory
+        self.unreadable = None
 
     @property
     def edits_config(self):
-        return self.command in EDITING_COMMANDS
+        return self.unreadable is not None or self.command in EDITING_COMMANDS
 
     @property
     def config_path(self):
         """The config.json the runtime will read, as an absolute path."""
-        if self.config_file is not None:
-            return os.path.abspath(self.config_file)
-        return os.path.join(os.path.abspath(self.bundle or "."), "config.json")
+        if self.unreadable is not None:
+            raise InterceptorError("cannot read the runtime's command line: %s" % self.unreadable)
+        bundle = os.path.abspath(self.bundle or ".")
+        if self.config_file is None or self.config_file == "config.json":
+            # crun resolves any other -f against the directory it started
+            # in, but opens "config.json" itself in the bundle.
+            return os.path.join(bundle, "config.json")
+        return os.path.abspath(self.config_file)
 
 
 def parse_runtime_call(args):
     """Read the runtime's global options, subcommand and, for the editing
-    subcommands, the bundle, config file and container id."""
+    subcommands, the bundle, config file and container id. Never raises: a
+    call it cannot read gets `unreadable` set."""
     call = RuntimeCall(args)
-    for kind, item in _walk_options(args, RUNTIME_GLOBALS_WITH_VALUE):
-        if kind == "end":
+    certain = True
+    i, n = 0, len(args)
+    while i < n:
+        arg = args[i]
+        i += 1
+        if arg == "--":                 # runc and crun: the subcommand follows
+            if i < n:
+                call.command, call.command_args = args[i], args[i + 1:]
             break
-        if kind == "word":
-            call.command = args[item]
-            call.command_args = args[item + 1:]
+        if not arg.startswith("-") or arg == "-":
+            call.command, call.command_args = arg, args[i:]
             break
-        name, value = item
-        if name in ("log", "l"):
-            call.log_path = value
-        elif name == "log-format":
-            call.log_format = value
-        elif name == "root":
-            call.root = value
-    if call.edits_config:
+        reading, problem = read_global_option(arg)
+        if problem:
+            # Whether the next argument is its value or the subcommand is
+            # unknown: read on as if it took none, trusting nothing more.
+            later = [a for a in args[i:] if a in EDITING_COMMANDS]
+            if certain and later:
+                call.unreadable = "%s before %s" % (problem, later[0])
+            certain = False
+            continue
+        name, value = reading
+        if value is _NEXT:
+            if i >= n:
+                break
+            value = args[i]
+            i += 1
+        if certain and name in ("log", "log-format", "root"):
+            setattr(call, {"log": "log_path", "log-format": "log_format"}.get(name, name), value)
+    if call.command in EDITING_COMMANDS and call.unreadable is None:
         _parse_command_options(call)
     elif call.command in LIFECYCLE_OPTIONS_WITH_VALUE:
-        for kind, item in _walk_options(call.command_args, LIFECYCLE_OPTIONS_WITH_VALUE[call.command]):
-            if kind != "option":
-                if kind == "word" or item < len(call.command_args):
-                    call.container_id = call.command_args[item]
-                break
+        call.container_id = _lifecycle_container_id(call.command_args,
+                                                    LIFECYCLE_OPTIONS_WITH_VALUE[call.command])
     return call
 
 
-def _parse_command_options(call):
-    # runc (urfave/cli) also takes options after the container id, so the
-    # whole tail is scanned, up to a "--".
-    args = call.command_args
-    for kind, item in _walk_options(args, COMMAND_OPTIONS_WITH_VALUE):
-        if kind == "end":
-            if call.container_id is None and item < len(args):
-                call.container_id = args[item]
-            break
-        if kind == "word":
-            if call.container_id is None:
-                call.container_id = args[item]
-            continue
-        name, value = item
-        if name in ("b", "bundle"):
-            call.bundle = value
-        elif name in ("f", "config"):
-            call.config_file = value
-
-
-def _walk_options(args, with_value):
-    """Walk a runtime's arguments. Yields ("option", (name, value)) for an
-    option that takes a value (`--x V`, `--x=V`, Go's `-x V`), ("word", i)
-    for args[i] that is not an option, and ("end", i) at a "--" (the rest
-    starts at i). Other options are passed over; so is an option whose
-    value is missing at the end."""
+def _lifecycle_container_id(args, with_value):
+    """The container a call other than create names: its first word that is
+    not an option or an option's value (which only chooses the runtime from
+    the container's record: a misreading falls back to the policy's)."""
     i, n = 0, len(args)
     while i < n:
         arg = args[i]
         i += 1
         if arg == "--":
-            yield "end", i
+            return args[i] if i < n else None
+        if not arg.startswith("-") or arg == "-":
+            return arg
+        if "=" not in arg and arg.lstrip("-") in with_value:
+            i += 1
+    return None
+
+
+def read_global_option(arg):
+    """How the runtimes read `arg`, an option before the subcommand:
+    ((name, value), None) when certain -- name None when it could be one of
+    several options, value None, the attached text or _NEXT -- else (None,
+    the problem)."""
+    readings = [r for r in (_read_exact(arg, EXACT_GLOBALS),
+                            _read_argp(arg, CRUN_GLOBALS, CRUN_GLOBAL_SHORTS, ambiguous_ok=True))
+                if r is not None]
+    if not readings:
+        return None, "unknown global option %s" % _quote_for_message(arg)
+    last = [r[-1] for r in readings]
+    if len(set(value is _NEXT for _, value in last)) > 1:
+        return None, "runc and crun read global option %s differently" % _quote_for_message(arg)
+    name = last[0][0] if all(other[0] == last[0][0] for other in last) else None
+    return (name, last[0][1]), None
+
+
+def _parse_command_options(call):
+    args = call.command_args
+    i, n = 0, len(args)
+    while i < n:
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            if call.container_id is None and i < n:
+                call.container_id = args[i]
             return
         if not arg.startswith("-") or arg == "-":
-            yield "word", i - 1
+            if call.container_id is None:
+                call.container_id = arg
             continue
-        name, has_value, value = arg.lstrip("-").partition("=")
-        if name not in with_value:
-            continue
+        effects, problem = _read_command_option(arg, call.command, call.container_id is not None,
+                                                "--" in args[i:])
+        if problem:
+            call.unreadable = problem
+            return
+        for name, value in effects:
+            if value is _NEXT:
+                if i >= n:
+                    call.unreadable = "%s option %s needs a value" % (call.command, _quote_for_message(arg))
+                    return
+                value = args[i]
+                i += 1
+            if name == "bundle":
+                call.bundle = value         # the last one wins, in runc and crun
+            elif name == "config":
+                call.config_file = value
+
+
+def _read_command_option(arg, command, after_id, double_dash_follows):
+    """What an option of create/run/restore means: ([(name, value), ...],
+    None), or (None, the problem)."""
+    where = "%s option %s" % (command, _quote_for_message(arg))
+    runc = _read_exact(arg, RUNC_COMMAND_OPTIONS)
+    if after_id:
+        # Only runc reads options after the container id.
+        if runc is None:
+            return None, "unknown %s after the container id" % where
+        if command == "restore" and any(name in ("bundle", "config") for name, _ in runc):
+            return None, "%s after the container id: runc reads it, crun ignores it" % where
+        return runc, None
+    crun = _read_argp(arg, CRUN_COMMAND_OPTIONS, CRUN_COMMAND_SHORTS, ambiguous_ok=False)
+    if runc is None and crun is None:
+        return None, "unknown or ambiguous " + where
+    if runc is not None and crun is not None and runc != crun:
+        return None, "%s means %s to runc but %s to crun" % (where, _describe(runc), _describe(crun))
+    if runc is None and double_dash_follows:
+        return None, "%s before a --: runc takes it for an argument" % where
+    return (runc if runc is not None else crun), None
+
+
+def _read_exact(arg, table):
+    """runc's reading (Go's flag package): [(name, value)], or None when it
+    rejects the option."""
+    body = arg[2:] if arg.startswith("--") else arg[1:]
+    name, has_value, value = body.partition("=")
+    if name not in table:               # also `---x`, `-=x`: bad syntax to Go
+        return None
+    if not has_value:
+        value = _NEXT if table[name] else None
+    return [(_SHORT_OPTIONS.get(name, name) if len(name) == 1 else name, value)]
+
+
+def _read_argp(arg, longs, shorts, ambiguous_ok):
+    """crun's reading (glibc argp): [(name, value), ...] (a cluster of short
+    options gives several), or None when it rejects the option. A prefix of
+    several long options is ambiguous to argp unless they are all one
+    option; ambiguous_ok accepts it when they all take a value or all do not,
+    with the name None."""
+    if arg.startswith("--"):
+        name, has_value, value = arg[2:].partition("=")
+        candidates = [name] if name in longs else [n for n in sorted(longs) if name and n.startswith(name)]
+        kinds = set(longs[n] for n in candidates)
+        if len(kinds) != 1 or (len(candidates) > 1 and not ambiguous_ok):
+            return None
+        takes = kinds.pop()
+        if has_value and takes is False:
+            return None                 # "doesn't allow an argument"
         if not has_value:
-            if i >= n:
-                return
-            value = args[i]
-            i += 1
-        yield "option", (name, value)
+            value = _NEXT if takes else None
+        return [(candidates[0] if len(candidates) == 1 else None, value)]
+    effects = []
+    for index, letter in enumerate(arg[1:]):
+        if letter not in shorts:
+            return None
+        if shorts[letter]:
+            effects.append((_SHORT_OPTIONS[letter], arg[index + 2:] or _NEXT))
+            return effects
+        effects.append((_SHORT_OPTIONS[letter], None))
+    return effects or None
+
+
+def _describe(effects):
+    """[("bundle", "=/x")] -> 'bundle =/x'."""
+    return ", ".join(name if value is None else "%s %s" % (
+        name, "(the next argument)" if value is _NEXT else _quote_for_message(value)) for name, value in effects)
 
 
 def find_runtime(path):
@@ -3893,29 +4058,35 @@ def unregister_docker(name, daemon_json):
 
 def remember_passthrough(argv0, opts, call, policy):
     """As root, record in STATE_DIR what this call, which edits nothing, made
-    of the config file: the file's and its directory's identity (device,
-    inode, size, times, owner, mode) and the runtime setting. While both are
-    unchanged, the .pyz's shell preamble execs that runtime for such calls
-    without starting Python; any change to the file, its directory, the
-    program's version or name sends the call here again. Best effort: a
-    failure here never fails the call."""
+    of the config file, with the identity (device, inode, size, times, owner,
+    mode) of the file as it was read -- the stat of the descriptor the policy
+    came from -- and of its directory as it was before the file was opened.
+    Nothing is recorded unless both still are exactly that: a rename or an
+    edit in between would pair another file with this file's decision. While
+    both stay unchanged, the .pyz's shell preamble execs that runtime for
+    such calls without starting Python; any change to the file, its
+    directory, the program's version or name sends the call here again.
+    Best effort: a failure here never fails the call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
     if (posix.geteuid() != 0 or not path or not path.startswith("/") or call.edits_config
             or policy.write_debug_output or policy.uses_systemd
             or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS if f.kind != "action")
             or "\n" in path or "\n" in policy.runtime_path or policy.runtime_path.strip() != policy.runtime_path
-            or not name or debug_file_stem(name, "") != name or len(name) > 128):
+            or not name or debug_file_stem(name, "") != name or len(name) > 128
+            or policy.config_stat is None or policy.config_dir_stat is None):
         return
     state_dir = getenv(STATE_DIR_ENV) or STATE_DIR
     try:
-        st = posix.lstat(path)
-        if (st.st_mode & _S_IFMT) != 0o100000:
-            return                      # a symlink: the preamble could not check its target
+        signature = _stat_signature(policy.config_stat)
+        if _stat_signature(posix.lstat(path)) != signature:
+            return          # a symlink (the preamble could not check its target), or changed since
         directory = path.rpartition("/")[0] or "/"
+        dir_signature = _stat_signature(policy.config_dir_stat)
+        if _stat_signature(posix.stat(directory)) != dir_signature:
+            return          # changed while the file was read (a rename over it, perhaps)
         content = "%s %s\n%s\n%s\n%s\n%s\n" % (
-            PASSTHROUGH_MAGIC, __version__, path, _stat_signature(st), _stat_signature(posix.stat(directory)),
-            policy.runtime_path)
+            PASSTHROUGH_MAGIC, __version__, path, signature, dir_signature, policy.runtime_path)
         try:
             posix.mkdir(state_dir, 0o700)
         except FileExistsError:

@@ -192,9 +192,9 @@ def test_cri_create():
 
 @pytest.mark.parametrize("args, bundle", [
     (["create", "-b", "/b", "id"], "/b"),
-    (["create", "-b=/b", "id"], "/b"),
+    (["create", "-b/b", "id"], "/b"),                      # crun: a value attached to -b
     (["create", "--bundle=/b", "id"], "/b"),
-    (["create", "-bundle", "/b", "id"], "/b"),
+    (["create", "--bund", "/b", "id"], "/b"),              # crun: an abbreviation
     (["create", "id", "--bundle", "/b"], "/b"),            # runc reorders flags after the id
     (["create", "--bundle", "/a", "-b", "/b", "id"], "/b"),  # last wins
     (["run", "-d", "--bundle", "/b", "id"], "/b"),
@@ -203,6 +203,7 @@ def test_cri_create():
 ])
 def test_bundle_spellings(args, bundle):
     call = oi.parse_runtime_call(args)
+    assert call.unreadable is None
     assert call.bundle == bundle
     assert call.container_id == "id"
 
@@ -230,6 +231,30 @@ def test_crun_config_file_is_relative_to_the_current_directory(tmp_path, monkeyp
 def test_globals_with_equals_and_go_forms():
     call = oi.parse_runtime_call(["-log", "/l", "-log-format=json", "--debug", "--rootless=true", "create", "x"])
     assert call.log_path == "/l" and call.log_format == "json" and call.command == "create"
+
+
+def test_what_the_fast_path_reads_python_reads_with_certainty_the_same_way():
+    import build_zipapp
+    takes_value, alone = build_zipapp.global_option_patterns(oi)
+    assert "--root" in takes_value and "-root" in takes_value and "--debug" in alone and "--root=*" in alone
+    for pattern in takes_value + alone:
+        spelled = pattern.replace("=*", "=x")
+        (name, value), problem = oi.read_global_option(spelled)
+        assert problem is None, spelled
+        assert (value is oi._NEXT) == (pattern in takes_value), spelled
+        assert oi.split_command_line([spelled, "v", "state"])[1] == [spelled, "v", "state"]
+
+
+def test_crun_global_abbreviations_and_double_dash():
+    call = oi.parse_runtime_call(["--log-f", "json", "--lo", "x", "--", "state", "id"])
+    assert (call.command, call.log_format, call.log_path, call.unreadable) == ("state", "json", None, None)
+    opts, runtime_args = oi.split_command_line(["--log-f", "json", "--oi-env", "A=1", "create", "id"])
+    assert runtime_args == ["--log-f", "json", "create", "id"] and opts.env == ["A=1"]
+
+
+def test_log_options_after_an_unreadable_one_are_not_trusted():
+    call = oi.parse_runtime_call(["--log", "/l1", "--frob", "--log", "/l2", "create", "id"])
+    assert call.log_path == "/l1" and call.unreadable == "unknown global option --frob before create"
 
 
 def test_no_subcommand():

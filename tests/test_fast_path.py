@@ -86,14 +86,51 @@ VECTORS = [
     ["caf\u00e9", "new\nline", "tab\there", "'quote\"", "$(x)", "*", "?"],
 ]
 
+# Command lines that may hide a create/run/restore from a reader that does not
+# know every spelling runc and crun accept (see test_runtime_argv.py): the
+# shell must leave each of them to Python.
+HIDDEN_EDITS = [
+    ["--", "run", "--bundle", "/b", "id"], ["--root", "/r", "--", "create", "id"],
+    ["--log-f", "text", "run", "id"], ["--cgroup-m", "cgroupfs", "run", "id"], ["--c", "cgroupfs", "create", "id"],
+    ["--roo", "/r", "create", "id"], ["--r", "/r", "run", "id"], ["--rootl", "/r", "restore", "id"],
+    ["--lo", "/l", "create", "id"], ["--log-l", "debug", "run", "id"], ["--program-name", "x", "create", "id"],
+    ["--p", "x", "run", "id"], ["--pro", "x", "create", "id"], ["--HANG=0", "create", "id"], ["--H", "run", "id"],
+    ["--frob", "run", "id"], ["--frob", "x", "create", "id"], ["--frob=x", "run", "id"], ["-x", "create", "id"],
+    ["-V", "create", "id"], ["-?", "run", "id"], ["-vd", "run", "id"], ["---root", "/r", "create", "id"],
+    ["--d", "run", "id"], ["--s", "create", "id"], ["--u", "run", "id"], ["--root", "/r", "--frob", "state", "run"],
+    ["run", "-b/other", "id"], ["run", "--bund", "/other", "id"], ["run", "-db/other", "id"],
+    ["run", "-b=/other", "id"], ["run", "-bundle", "/other", "id"], ["create", "--conf", "c.json", "id"],
+    ["create", "-fc.json", "id"], ["restore", "id", "--bundle=/other"], ["run", "-bx", "--"],
+]
 
-@pytest.mark.parametrize("args", VECTORS, ids=lambda a: " ".join(a)[:60] or "(none)")
+
+@pytest.mark.parametrize("args", VECTORS + HIDDEN_EDITS, ids=lambda a: " ".join(a)[:60] or "(none)")
 def test_fast_and_python_paths_agree(archives, runtimes, tmp_path, args):
     assert outcome(archives["fast"], args, runtimes, tmp_path) == outcome(archives["slow"], args, runtimes, tmp_path)
 
 
+@pytest.mark.parametrize("args", HIDDEN_EDITS, ids=lambda a: " ".join(a)[:60])
+def test_a_call_python_would_edit_or_refuse_never_skips_it(archives, runtimes, tmp_path, args):
+    assert oi.parse_runtime_call(oi.split_command_line(args)[1]).edits_config
+    code, _, err, recorded = outcome(archives["fast_only"], args, runtimes, tmp_path)
+    assert code == 127 and b"/nonexistent/python3" in err and recorded is None
+    code, _, err, recorded = outcome(archives["slow"], args, runtimes, tmp_path)
+    assert code == 1 and recorded is None                  # no config to edit here, or refused
+
+
+# The calls of Docker, Podman and containerd's CRI that edit nothing
+# (as captured from those engines): they keep skipping Python.
+DOCKER = ["--root", "/run/docker/runtime-runc/moby", "--log", "/t/log.json", "--log-format", "json"]
+ENGINE_PASSTHROUGH = [DOCKER + tail for tail in (
+    ["start", "id"], ["exec", "--process", "/tmp/p", "--detach", "--pid-file", "/t/e.pid", "id"],
+    ["ps", "--format", "json", "id"], ["pause", "id"], ["resume", "id"], ["kill", "id", "15"], ["kill", "id", "9"],
+    ["delete", "id"], ["delete", "--force", "id"], ["kill", "--all", "id", "9"])] + [
+    ["start", "id"], ["exec", "--pid-file", "/u/e/exec_pid", "--process", "/u/e/p", "--detach", "id"],
+    ["kill", "id", "15"], ["delete", "--force", "id"]]
+
+
 def test_calls_that_need_no_edit_skip_python(archives, runtimes, tmp_path):
-    for args in (["state", "x"], VECTORS[1], VECTORS[2], VECTORS[3], VECTORS[4], ["--version"]):
+    for args in [["state", "x"], VECTORS[1], VECTORS[2], VECTORS[3], VECTORS[4], ["--version"]] + ENGINE_PASSTHROUGH:
         code, out, err, recorded = outcome(archives["fast_only"], args, runtimes, tmp_path)
         assert (code, out, err) == (7, b"runtime stdout\n", b""), (args, err)
         assert recorded == [os.fsencode(a) for a in oi.split_command_line(args)[1]]
@@ -146,6 +183,8 @@ TOKENS = st.sampled_from([
     "--oi-readonly-networking-mounts=off", "--oi-hooks-dir", "--hook-config-path=/x", "--oi-write-debug-output",
     "--oi-bogus", "--root", "-root", "---log", "--log-format=json", "-l", "-r", "--debug", "--systemd-cgroup",
     "state", "start", "kill", "delete", "exec", "list", "create", "run", "-", "--", "--oi-", "-=", "--=",
+    "--log-f", "--roo", "--r", "--lo", "--cgroup-m", "--HANG=0", "--p", "--frob", "-x", "-V", "--d", "-v", "-h",
+    "--root=/r", "--debug=false", "-b", "-b/x", "--bund", "-db/x", "-b=/x", "-bundle", "--conf", "restore",
 ])
 ARGV = st.lists(st.one_of(TOKENS, st.text(alphabet=st.characters(blacklist_categories=("Cs",),
                                                                   blacklist_characters="\0"), max_size=6)),
@@ -297,3 +336,91 @@ def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_pat
     link.symlink_to(config)
     run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(link), state)
     assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+
+
+# --- the record describes the file the policy was read from ----------------------------------------
+
+def _policy_and_record(tmp_path, monkeypatch, during_read=None):
+    """Load the policy of a config file in-process (during_read(when) runs
+    just before and just after the file is read) and let
+    remember_passthrough record it; return (policy, the record or None)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = etc / "config.json"
+    config.write_text('{"version": 1, "runtime-path": "runtime-a"}')
+    config.chmod(0o644)
+    state = tmp_path / "state"
+    monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", str(config))
+    monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
+    real_read = oi.read_config
+
+    def read_config(path, follow_symlinks=False):
+        if path == str(config) and during_read:
+            during_read("before", config)
+        result = real_read(path, follow_symlinks)
+        if path == str(config) and during_read:
+            during_read("after", config)
+        return result
+    monkeypatch.setattr(oi, "read_config", read_config)
+    opts, runtime_args = oi.split_command_line(["state", "x"])
+    policy = oi.load_policy(opts, "oi", complete=False)
+    monkeypatch.setattr(oi, "read_config", real_read)
+    oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
+    record = state / "passthrough-oi"
+    return policy, (record.read_text().split("\n") if record.exists() else None)
+
+
+def _signature(path):
+    return oi._stat_signature(os.lstat(str(path)))
+
+
+def _replace(config, text, mtime=None):
+    new = config.parent / "config.json.new"
+    new.write_text(text)
+    new.chmod(0o644)
+    if mtime is not None:
+        os.utime(str(new), (mtime, mtime))
+    os.rename(str(new), str(config))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_the_record_carries_the_stat_of_the_descriptor_read_and_of_the_directory_before(tmp_path, monkeypatch):
+    policy, record = _policy_and_record(tmp_path, monkeypatch)
+    config = tmp_path / "etc" / "config.json"
+    assert policy.runtime_path == "runtime-a"
+    assert record[1:5] == [str(config), _signature(config), _signature(config.parent), "runtime-a"]
+    assert oi._stat_signature(policy.config_stat) == _signature(config)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_no_record_when_the_file_is_renamed_over_while_it_is_read(tmp_path, monkeypatch, when):
+    # The decision of one file must never be recorded with another's identity.
+    def swap(moment, config):
+        if moment == when:
+            _replace(config, '{"version": 1, "runtime-path": "runtime-b"}')
+    policy, record = _policy_and_record(tmp_path, monkeypatch, swap)
+    assert policy.runtime_path == ("runtime-b" if when == "before" else "runtime-a")
+    assert record is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_when_the_file_changes_in_place_after_it_was_read(tmp_path, monkeypatch):
+    # The same inode and size, the directory untouched: only the file's
+    # times tell; the record would pair them with the old contents.
+    def rewrite(moment, config):
+        if moment == "after":
+            with open(str(config), "r+") as f:
+                f.write('{"version": 1, "runtime-path": "runtime-b"}')
+            os.utime(str(config), (1000000000, 1000000000))
+    policy, record = _policy_and_record(tmp_path, monkeypatch, rewrite)
+    assert policy.runtime_path == "runtime-a" and record is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_when_the_directory_changed_while_the_file_was_read(tmp_path, monkeypatch):
+    def sibling(moment, config):
+        if moment == "before":
+            (config.parent / "other").write_text("x")
+    policy, record = _policy_and_record(tmp_path, monkeypatch, sibling)
+    assert policy.runtime_path == "runtime-a" and record is None

@@ -184,13 +184,19 @@ words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=1
 argv_items = st.one_of(
     words, st.sampled_from(["--oi-env", "--oi-env=A=1", "--oi-env-force", "--oi-runtime-path", "--oi-bogus",
                             "--oi-readonly-networking-mounts", "--oi-readonly-networking-mounts=maybe", "--root",
-                            "--log", "--log-format", "create", "run", "state", "-b", "--bundle", "--", "-",
-                            "--runtime-path", "--oi-systemd", "--oi-dry-run", "=", "--oi-help"]))
+                            "--log", "--log-format", "create", "run", "restore", "state", "-b", "--bundle", "--",
+                            "-", "--runtime-path", "--oi-systemd", "--oi-dry-run", "=", "--oi-help",
+                            # spellings only some runtime accepts, or reads its own way
+                            "-root", "--roo", "--r", "--log-f", "--lo", "--cgroup-m", "--c", "--program-name",
+                            "--p", "--HANG=0", "--frob", "-x", "-v", "-V", "--debug=false", "-b/x", "-bx", "-b=/x",
+                            "-bundle", "--bund", "--b", "-db/x", "-d", "-f", "-fy", "--config", "--conf", "--con",
+                            "config.json", "--pid-file", "--keep", "/x", "id"]))
 
 
 @HYPOTHESIS
 @given(st.lists(argv_items, max_size=12))
 def test_any_argv_splits_or_is_a_usage_error(argv):
+    import runtime_models
     try:
         opts, runtime_args = oi.split_command_line(argv)
     except oi.UsageError as exc:
@@ -204,6 +210,18 @@ def test_any_argv_splits_or_is_a_usage_error(argv):
     if call.command is not None:
         tail = runtime_args[runtime_args.index(call.command):]
         assert argv[len(argv) - len(tail):] == tail
+    # A call runc or crun would create a container from is read as it reads
+    # it, or refused with one line: never passed through, never the wrong config.
+    if call.unreadable is not None:
+        assert "\n" not in call.unreadable
+        with pytest.raises(oi.InterceptorError):
+            call.config_path
+        return
+    for model in (runtime_models.runc, runtime_models.crun):
+        creates = model(runtime_args, os.getcwd())
+        if creates is not None:
+            assert call.edits_config and call.command == creates[0]
+            assert call.config_path == os.path.normpath(creates[1])
 
 
 json_leaves = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
