@@ -4096,7 +4096,10 @@ def remember_passthrough(argv0, opts, call, policy):
             return
         target = "%s/passthrough-%s" % (state_dir, name)
         # Calls that name a container must reach the runtime its record names.
-        runtime = find_runtime(policy.runtime_path)
+        try:
+            runtime = find_runtime(policy.runtime_path)
+        except InterceptorError:
+            runtime = None              # agrees with no record
         if not records_agree(runtime):
             return
         try:
