@@ -648,8 +648,9 @@ def _untrusted_step(path, st):
                 todo.extend(reversed([c for c in target.split("/") if c]))
                 info = posix.lstat(current or "/")
                 continue
-            if final and (info.st_dev, info.st_ino) != (st.st_dev, st.st_ino):
-                return "it changed while it was read"
+            if final:
+                info = st   # what was read (a file renamed over it since is checked next time)
+                mode = info.st_mode
             sticky_on_the_way = kind == _S_IFDIR and mode & _S_ISVTX and not final
             if info.st_uid != 0 or (mode & 0o022 and not sticky_on_the_way):
                 return "%s is writable by a non-root user (owner uid %d, mode %04o)" % (
