@@ -205,8 +205,8 @@ FLAGS = (
               "this directory, as Podman and CRI-O read them. Repeatable; a file in a "
               "later directory masks one of the same name in an earlier one."),
     Flag("--oi-write-debug-output", "switch", "write_debug_output", key="write-debug-output",
-         help="Keep <hostname>_original.json, <hostname>_parsed.json and "
-              "<hostname>_modified.json (when modified) of each edited config, and "
+         help="Keep <hostname>_<id>_original.json, <hostname>_<id>_parsed.json and "
+              "<hostname>_<id>_modified.json (when modified) of each edited config, and "
               "append every forwarded call to runtime_calls.log. Files are readable "
               "by their owner only."),
     Flag("--oi-debug-output-dir", "value", "debug_output_dir", metavar="DIR",
@@ -827,6 +827,7 @@ def _read_rules(data, where, path, fail, complete=True):
                     fail(here + "." + action.key + _subpath(exc), _message(exc))
         if not actions:
             fail(here, "the rule has no action")
+        _resolve_relative_paths(actions, path)          # a rule's runtime-path
         rules.append(Rule(name, when, actions, "%s %s" % (path, here)))
     return rules
 
@@ -1232,6 +1233,8 @@ _SHORT_OPTIONS = {"b": "bundle", "f": "config", "d": "detach", "h": "help", "?":
 
 # An option's value is the next argument.
 _NEXT = object()
+# What Go's strconv.ParseBool reads as true (runc's `--help=t`).
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
 
 
 # The other subcommands that name a container, and their options that take
@@ -1272,10 +1275,11 @@ class RuntimeCall(object):
         self.container_id = None
         self.root = None             # the runtime's --root: its state directory
         self.unreadable = None
+        self.help = False            # `create --help`: the runtime's help, nothing to edit
 
     @property
     def edits_config(self):
-        return self.unreadable is not None or self.command in EDITING_COMMANDS
+        return self.unreadable is not None or (self.command in EDITING_COMMANDS and not self.help)
 
     @property
     def config_path(self):
@@ -1396,6 +1400,8 @@ def _parse_command_options(call):
                 call.bundle = value         # the last one wins, in runc and crun
             elif name == "config":
                 call.config_file = value
+            elif name in ("help", "usage") and (value is None or value in _GO_TRUE):
+                call.help = True            # the runtime prints its help and creates nothing
 
 
 def _read_command_option(arg, command, after_id, double_dash_follows):
@@ -3478,9 +3484,12 @@ _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 
 
 def debug_file_stem(hostname, container_id):
-    """A file name stem that can never leave the debug directory."""
-    name = hostname if isinstance(hostname, str) and hostname else (container_id or "unknown")
-    name = "".join(c if c in _SAFE_NAME_CHARS else "_" for c in name)[:128]
+    """A file name stem that can never leave the debug directory:
+    HOSTNAME_ID (either alone when the other is empty), each part's
+    characters outside [A-Za-z0-9._-] made "_" and cut to 128, so two
+    containers of one hostname never share debug files."""
+    parts = [p for p in (hostname if isinstance(hostname, str) else None, container_id) if p] or ["unknown"]
+    name = "_".join("".join(c if c in _SAFE_NAME_CHARS else "_" for c in part)[:128] for part in parts)
     if name.startswith("."):
         name = "_" + name[1:]
     return name

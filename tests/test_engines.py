@@ -104,7 +104,7 @@ def test_docker_stop_exec_and_debug_files(docker):
         docker.docker("rm", "-f", cid)
     names = os.listdir(docker.debug_dir)
     for suffix in ("_original.json", "_parsed.json", "_modified.json"):
-        assert "named-host" + suffix in names
+        assert "named-host_%s%s" % (cid, suffix) in names
     with open(os.path.join(docker.debug_dir, "runtime_calls.log")) as f:
         calls = f.read()
     for command in (" create ", " start ", " exec ", " kill ", " delete "):

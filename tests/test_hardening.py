@@ -148,7 +148,7 @@ def test_200_concurrent_creates_with_debug_output(pyz, tmp_path):
         assert spec["process"]["env"] == ["ID=%d" % i, "BUNDLE=b%03d" % i]
         assert spec["mounts"][0]["options"] == ["ro"]
         assert sorted(os.listdir(str(bundle))) == ["config.json"]
-        assert (debug / ("host-%03d_modified.json" % i)).exists()
+        assert (debug / ("host-%03d_c%03d_modified.json" % (i, i))).exists()
 
 
 @pytest.mark.parametrize("runtime", ["runc"], indirect=True)

@@ -326,3 +326,32 @@ def test_records_survive_50_containers_at_once(pyz, runtime, bundle_factory, tmp
     finally:
         for cid in ids:
             runtime("delete", "--force", cid)
+
+
+# --- help reaches the runtime ------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [["create", "--help"], ["run", "-h"], ["restore", "-h"], ["create", "--help=t"],
+                                  ["run", "--usage"]])
+def test_a_help_request_reaches_the_runtime(pyz, runtime, tmp_path, args):
+    plain = subprocess.run([runtime.path] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    through_us = subprocess.run([pyz, "--oi-runtime-path", runtime.path, "--oi-env", "A=1"] + args,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    assert (through_us.returncode, through_us.stdout) == (plain.returncode, plain.stdout)
+    assert through_us.stderr == plain.stderr
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_help_false_is_no_help_request():
+    assert oi.parse_runtime_call(["create", "--help=false", "c"]).edits_config
+    assert not oi.parse_runtime_call(["create", "--help", "c"]).edits_config
+    assert oi.parse_runtime_call(["create", "--bundle", "--help", "c"]).edits_config
+
+
+def test_a_rules_relative_runtime_path_is_relative_to_the_config_file(tmp_path):
+    config = tmp_path / "etc" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"version": 1, "rules": [
+        {"name": "a", "runtime-path": "../bin/crun"}, {"name": "b", "runtime-path": "crun"}]}))
+    opts, _ = oi.split_command_line(["--oi-config", str(config), "create"])
+    rules = oi.load_policy(opts, "x").rules
+    assert [r.actions["runtime-path"] for r in rules] == [str(tmp_path / "bin" / "crun"), "crun"]

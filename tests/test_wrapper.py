@@ -168,22 +168,23 @@ def test_debug_output_files(entry, fake, tmp_path):
             "--oi-env", "A=1", "create", "--bundle", str(bundle), "cid"]
     assert run(entry, args, fake).returncode == 0
     names = sorted(os.listdir(str(debug)))
-    assert names == ["runtime_calls.log", "web-1_modified.json", "web-1_original.json", "web-1_parsed.json"]
+    assert names == ["runtime_calls.log", "web-1_cid_modified.json", "web-1_cid_original.json",
+                     "web-1_cid_parsed.json"]
     for name in names:
         assert stat.S_IMODE(os.stat(str(debug / name)).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(str(debug)).st_mode) == 0o700
-    assert json.loads((debug / "web-1_parsed.json").read_text())["process"]["env"] == []
-    assert json.loads((debug / "web-1_modified.json").read_text())["process"]["env"] == ["A=1"]
-    assert (debug / "web-1_original.json").read_bytes() == original
+    assert json.loads((debug / "web-1_cid_parsed.json").read_text())["process"]["env"] == []
+    assert json.loads((debug / "web-1_cid_modified.json").read_text())["process"]["env"] == ["A=1"]
+    assert (debug / "web-1_cid_original.json").read_bytes() == original
     log = (debug / "runtime_calls.log").read_text().splitlines()
     assert len(log) == 1
     assert log[0].endswith(" %s create --bundle %s cid" % (fake.runtime, bundle))
 
     # Unchanged config: no _modified file; every forwarded call is logged.
-    os.unlink(str(debug / "web-1_modified.json"))
+    os.unlink(str(debug / "web-1_cid_modified.json"))
     assert run(entry, args, fake).returncode == 0
     assert run(entry, args[:5] + ["state", "it's"], fake).returncode == 0
-    assert "web-1_modified.json" not in os.listdir(str(debug))
+    assert "web-1_cid_modified.json" not in os.listdir(str(debug))
     log = (debug / "runtime_calls.log").read_text().splitlines()
     assert len(log) == 3 and log[2].endswith(" state 'it'\"'\"'s'")
 
@@ -194,17 +195,30 @@ def test_original_debug_file_is_the_raw_input(fake, tmp_path, pyz):
     debug = tmp_path / "debug"
     run([pyz], ["--oi-runtime-path", fake.runtime, "--oi-write-debug-output", "--oi-debug-output-dir",
                 str(debug), "--oi-env-force", "A=2", "create", "-b", str(tmp_path), "c"], fake)
-    assert (debug / "h_original.json").read_bytes() == raw
+    assert (debug / "h_c_original.json").read_bytes() == raw
     assert (tmp_path / "config.json").read_bytes() == raw.replace(b"A=1", b"A=2")
 
 
 @pytest.mark.parametrize("hostname, stem", [
-    ("../../etc/x", "_._.._etc_x"), ("a/b", "a_b"), ("nul\0byte", "nul_byte"), ("new\nline", "new_line"),
-    ("..", "_."), (".hidden", "_hidden"), ("", "cid"), (None, "cid"), ("x" * 300, "x" * 128),
-    ("caf\u00e9", "caf_"),
+    ("../../etc/x", "_._.._etc_x_cid"), ("a/b", "a_b_cid"), ("nul\0byte", "nul_byte_cid"),
+    ("new\nline", "new_line_cid"), ("..", "_._cid"), (".hidden", "_hidden_cid"), ("", "cid"), (None, "cid"),
+    ("x" * 300, "x" * 128 + "_cid"), ("caf\u00e9", "caf__cid"),
 ])
 def test_debug_file_names_never_leave_the_directory(hostname, stem):
     assert oi.debug_file_stem(hostname, "cid") == stem
+
+
+def test_two_containers_of_one_hostname_keep_their_own_debug_files(fake, tmp_path, pyz):
+    debug = tmp_path / "debug"
+    for cid, value in (("one", "1"), ("two", "2")):
+        bundle = tmp_path / cid
+        bundle.mkdir()
+        write_config(bundle, {"hostname": "same", "process": {"env": ["N=" + value]}})
+        args = ["--oi-runtime-path", fake.runtime, "--oi-write-debug-output", "--oi-debug-output-dir", str(debug),
+                "--oi-env", "A=1", "create", "--bundle", str(bundle), cid]
+        assert run([pyz], args, fake).returncode == 0
+    for cid, value in (("one", "1"), ("two", "2")):
+        assert json.loads((debug / ("same_%s_original.json" % cid)).read_text())["process"]["env"] == ["N=" + value]
 
 
 def test_debug_files_are_never_written_through_symlinks(fake, tmp_path, pyz):
@@ -215,12 +229,12 @@ def test_debug_files_are_never_written_through_symlinks(fake, tmp_path, pyz):
     debug.mkdir(mode=0o700)
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    (debug / "h_original.json").symlink_to(victim)
+    (debug / "h_cid_original.json").symlink_to(victim)
     args = ["--oi-runtime-path", fake.runtime, "--oi-write-debug-output", "--oi-debug-output-dir", str(debug),
             "create", "--bundle", str(bundle), "cid"]
     assert run([pyz], args, fake).returncode == 0
     assert victim.read_text() == "precious"
-    assert not (debug / "h_original.json").is_symlink()
+    assert not (debug / "h_cid_original.json").is_symlink()
     # A debug directory that is a symlink is not used at all.
     linked = tmp_path / "linked"
     linked.symlink_to(debug)
