@@ -359,6 +359,16 @@ def man_page():
               '"when" (without it the rule always applies) and one or more actions. Conditions are '
               "evaluated against the config as the engine wrote it. As root, a policy file or directory "
               "a non-root user can write is refused."),
+        ".SH LIFECYCLE CALLS",
+        _roff("Only create, run and restore need the policy, and only they fail closed. Every other call "
+              "(start, state, kill, delete, exec, pause, resume, ps, events, update, list, checkpoint, "
+              "features, spec, a --help) reaches the runtime whatever state the policy files are in: a "
+              "broken, untrusted or missing policy is one warning on stderr and in the runtime's --log "
+              "(level warning), and the exit status is the runtime's. As root, create records in "
+              "%s/%s the runtime of each container whose later calls could not find it without the "
+              "policy (a rule's runtime-path, a runtime other than the command line's, systemd mode); "
+              "every later call of that container goes to it, and delete removes the record."
+              % (oi.STATE_DIR, oi.RECORDS_SUBDIR)),
         ".SS Conditions (all given must match)",
     ]
     for key, text in oi.CONDITION_HELP:
@@ -393,11 +403,13 @@ def man_page():
         ".TP", _roff(oi.DEFAULT_DEBUG_DIR), _roff("Debug output, with --oi-write-debug-output."),
         ".TP", _roff(oi.STATE_DIR),
         _roff("Passthrough records (root only, mode 0700): what a call that edits nothing made of the "
-              "config file, so that later such calls skip Python while the file is unchanged."),
+              "config file, so that later such calls skip Python while the file is unchanged; and in "
+              "%s/, one record per container that needs one (its runtime, systemd mode)."
+              % oi.RECORDS_SUBDIR),
         ".SH ENVIRONMENT",
         ".TP", _roff(oi.CONFIG_ENV),
         _roff("Names the policy file instead of the default; it must exist. Empty: no policy file."),
-        ".TP", _roff(oi.STATE_DIR_ENV), _roff("Names another directory for passthrough records."),
+        ".TP", _roff(oi.STATE_DIR_ENV), _roff("Names another directory for passthrough and container records."),
         ".SH EXIT STATUS",
         _roff("The runtime's own when it ran; 1 when a policy could not be applied; 2 for a bad flag, "
               "a bad or missing config file, hook file or hooks directory, and for --oi-check-config when "

@@ -355,3 +355,19 @@ def test_a_rules_relative_runtime_path_is_relative_to_the_config_file(tmp_path):
     opts, _ = oi.split_command_line(["--oi-config", str(config), "create"])
     rules = oi.load_policy(opts, "x").rules
     assert [r.actions["runtime-path"] for r in rules] == [str(tmp_path / "bin" / "crun"), "crun"]
+
+
+def test_kill_of_a_systemd_container_is_translated_while_the_policy_is_broken(pyz, fake, tmp_path, monkeypatch):
+    state = tmp_path / "state-dir"
+    monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
+    oi.write_record("/r", "sd", oi.ContainerRecord(fake.runtime, systemd=True))
+    oi.write_record("/r", "plain", oi.ContainerRecord(fake.runtime))
+    policy = tmp_path / "policy.json"
+    write_policy(policy, "{broken")
+    env = {"OCI_INTERCEPTOR_STATE_DIR": str(state), "OCI_INTERCEPTOR_CONFIG": str(policy)}
+    for cid, signal, sent in (("sd", "TERM", b"37"), ("sd", "KILL", b"KILL"), ("plain", "TERM", b"TERM")):
+        result = run([pyz], ["--root", "/r", "kill", cid, signal], fake, env=env)
+        assert result.returncode == 0 and b"warning" in result.stderr
+        assert fake.args() == [b"--root", b"/r", b"kill", cid.encode(), sent]
+    result = run([pyz], ["--root", "/r", "kill", "sd"], fake, env=env)        # runc's default signal
+    assert fake.args() == [b"--root", b"/r", b"kill", b"sd", b"37"]
