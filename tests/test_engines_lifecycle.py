@@ -12,19 +12,11 @@ import pytest
 
 import oci_interceptor as oi
 from test_engines import POLICY, TRAP_TERM, docker, podman  # noqa: F401 (fixtures)
+from test_lifecycle import state_file as state_of
 
 # The container's own process got the policy's env (an exec's env is the engine's).
 POLICY_APPLIED = "grep -q FORCED=interceptor /proc/1/environ && echo interceptor"
 ROUTING = dict(POLICY, rules=[{"name": "to-crun", "when": {"env": {"ROUTE": "^crun$"}}, "runtime-path": "crun"}])
-
-
-def state_of(root, cid):
-    """Which runtime keeps the container's state: runc writes state.json,
-    crun status."""
-    for name, runtime in (("state.json", "runc"), ("status", "crun")):
-        if os.path.exists(os.path.join(root, cid, name)):
-            return runtime
-    return None
 
 
 def shim_running(cid):
