@@ -4345,9 +4345,13 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
                            % (_quote_for_message(call.container_id), record.runtime), call)
     if runtime is None and call.container_id is None:
         runtime = runtime_of_root(call.root)          # list: the runtime of that root's containers
+    if runtime is None and policy is not None:
+        try:
+            runtime = find_runtime(policy.runtime_path)
+        except InterceptorError as exc:
+            policy, problem = None, exc                 # a runtime-path that leads nowhere
     if runtime is None:
-        runtime = find_runtime(policy.runtime_path if policy is not None
-                               else opts.runtime_path or DEFAULT_RUNTIME)
+        runtime = find_runtime(opts.runtime_path or DEFAULT_RUNTIME)
     if policy is None:
         report_warning("%s; %s goes to %s all the same" % (_one_line(problem), call.command, runtime), call)
     if call.command == "kill":
@@ -4355,15 +4359,12 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
             runtime_args = systemd_kill_args(call, runtime, runtime_args, record.systemd)
         elif policy is not None and policy.uses_systemd:
             runtime_args = systemd_kill_args(call, runtime, runtime_args)
-    elif call.command == "delete" and record is not None:
-        if policy is not None and policy.write_debug_output:
-            log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
+    if policy is not None and policy.write_debug_output:
+        log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
+    if call.command == "delete" and record is not None:
         return runtime, runtime_args, delete_and_forget(call, runtime, runtime_args)
-    if policy is not None:
-        if record is None and flag_error is None:
-            remember_passthrough(argv0, opts, call, policy)
-        if policy.write_debug_output:
-            log_runtime_call(policy.debug_output_dir, [runtime] + runtime_args)
+    if policy is not None and record is None and flag_error is None:
+        remember_passthrough(argv0, opts, call, policy)
     return runtime, runtime_args, None
 
 

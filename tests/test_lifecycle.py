@@ -371,3 +371,17 @@ def test_kill_of_a_systemd_container_is_translated_while_the_policy_is_broken(py
         assert fake.args() == [b"--root", b"/r", b"kill", cid.encode(), sent]
     result = run([pyz], ["--root", "/r", "kill", "sd"], fake, env=env)        # runc's default signal
     assert fake.args() == [b"--root", b"/r", b"kill", b"sd", b"37"]
+
+
+def test_a_policy_runtime_that_leads_nowhere_falls_back_to_the_command_line(pyz, fake, tmp_path):
+    import shutil
+    policy = tmp_path / "policy.json"
+    write_policy(policy, {"version": 1, "runtime-path": "/nonexistent/crun"})
+    env = {"OCI_INTERCEPTOR_CONFIG": str(policy), "PATH": os.path.dirname(shutil.which("runc")) + ":/usr/bin:/bin"}
+    result = run([pyz], ["--root", str(tmp_path / "root"), "state", "no-such-container"], fake, env=env)
+    assert result.returncode == 1            # runc's own: the container does not exist
+    assert result.stderr.decode().startswith(
+        "oci-interceptor: warning: runtime /nonexistent/crun does not exist; state goes to %s all the same\n"
+        % shutil.which("runc"))
+    created = run([pyz], ["create", "c"], fake, env=env)
+    assert created.returncode == 1 and b"/nonexistent/crun does not exist" in created.stderr
