@@ -13,6 +13,7 @@ The file reads top to bottom like the call it handles:
   3. Runtime call    which subcommand, which bundle, which log file
   4. Conditions      when a rule applies (OCI hooks 1.0.0 `when`, and more)
   5. Edits           small functions over the spec dict, run as a pipeline
+  5a. Devices (CDI)  spec files read when a device is asked for; their edits
   6. JSON            raw parsing and writing, equality, pointers
   7. Bundle I/O      read, edit, write atomically
   8. Records         which runtime (and mode) each container was created with
@@ -52,6 +53,8 @@ PROG = "oci-interceptor"
 DEFAULT_RUNTIME = "runc"
 DEFAULT_DEBUG_DIR = "/var/log/oci-interceptor"
 DEFAULT_CONFIG = "/etc/oci-interceptor/config.json"
+# Where CDI spec files are read from by default (later wins), as the CDI library does.
+CDI_SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
 # Names another default config file ("" for none); meant for tests and for
 # hosts that keep policy elsewhere. Only whoever starts the engine sets it.
 CONFIG_ENV = "OCI_INTERCEPTOR_CONFIG"
@@ -494,6 +497,9 @@ class Policy(object):
         self.rules = []
         self.files = []             # every policy file read, in order
         self.hooks_dirs = []        # the hooks directories read
+        self.cdi_spec_dirs = list(CDI_SPEC_DIRS)
+        self.cdi_annotations = True     # containers may ask for CDI devices by cdi.k8s.io/* annotations
+        self.cdi_env = None             # ... and by this env variable's value
 
     @property
     def uses_systemd(self):
@@ -534,6 +540,9 @@ def load_policy(opts, argv0, complete=True):
     policy.runtime_path = settings.get("runtime-path", DEFAULT_RUNTIME)
     policy.write_debug_output = settings.get("write-debug-output", False)
     policy.debug_output_dir = settings.get("debug-output-dir", DEFAULT_DEBUG_DIR)
+    policy.cdi_spec_dirs = settings.get("cdi-spec-dirs", list(CDI_SPEC_DIRS))
+    policy.cdi_annotations = settings.get("cdi-annotations", True)
+    policy.cdi_env = settings.get("cdi-env") or None
 
     global_actions = {}
     for key in ("env", "env-force", "readonly-networking-mounts"):
@@ -740,7 +749,7 @@ def _merge_env(earlier, later):
 
 # Settings that name files: relative ones in a config file are relative to
 # the file's directory (the runtime's working directory is the bundle).
-_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path")
+_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path", "cdi-spec-dirs")
 
 
 def _resolve_relative_paths(settings, config_path):
@@ -917,9 +926,27 @@ def _valid_destination_globs(value):
     return value
 
 
+def _valid_cdi_env(value):
+    """The name of the env variable that asks for CDI devices ("": none)."""
+    if not isinstance(value, str) or "=" in value:
+        raise ValueError("expected a variable name (or \"\" for none), found %s" % _json_text(value))
+    return value
+
+
+def _valid_cdi_device_names(value):
+    _valid_string_list(value)
+    for index, item in enumerate(value):
+        try:
+            parse_cdi_name(item)
+        except ValueError as exc:
+            raise PathError("[%d]" % index, _message(exc))
+    return value
+
+
 # The settings a config file (and a profile) may have, and how each is
 # checked and merged: "list" values add up, "value" ones replace, "env"
-# lists add up with a later NAME= replacing an earlier one.
+# lists add up with a later NAME= replacing an earlier one. (The cdi-*
+# settings have no flag; see the "cdi-devices" action.)
 _SETTING_KEYS = {
     "runtime-path": (_valid_nonempty_string, "value"),
     "readonly-networking-mounts": (_valid_bool, "value"),
@@ -930,6 +957,9 @@ _SETTING_KEYS = {
     "write-debug-output": (_valid_bool, "value"),
     "debug-output-dir": (_valid_nonempty_string, "value"),
     "systemd": (_valid_systemd_mode, "value"),
+    "cdi-spec-dirs": (_valid_path_list, "value"),
+    "cdi-annotations": (_valid_bool, "value"),
+    "cdi-env": (_valid_cdi_env, "value"),
 }
 
 
@@ -1991,11 +2021,15 @@ class EditContext(object):
     host's cgroups, read on first use (tests give them): the cgroup
     version, where the v1 name=systemd hierarchy is mounted ("" for
     nowhere), whether cgroup2 has nsdelegate, and the name=systemd cgroup
-    of this process, which becomes the runtime."""
+    of this process, which becomes the runtime. The CDI spec directories,
+    read on the first device asked for (section 5a)."""
 
     def __init__(self, container_id=None, cgroup_version=None, systemd_hierarchy=None, nsdelegate=None,
-                 own_systemd_cgroup=None):
+                 own_systemd_cgroup=None, cdi_spec_dirs=None):
         self.container_id = container_id
+        self.cdi_spec_dirs = list(CDI_SPEC_DIRS if cdi_spec_dirs is None else cdi_spec_dirs)
+        self.cdi_cache = None       # a CdiCache, once a device is asked for
+        self.cdi_resolved = []      # (device name, spec file) of every device applied
         self._facts = {"cgroup_version": cgroup_version, "systemd_hierarchy": systemd_hierarchy,
                        "nsdelegate": nsdelegate, "own_systemd_cgroup": own_systemd_cgroup}
         self._host = None
@@ -2335,6 +2369,11 @@ def created_in_systemd_mode(runtime, global_args, container_id):
     return isinstance(annotations, dict) and annotations.get(SYSTEMD_ANNOTATION) == "true"
 
 
+def edit_cdi_devices(spec, names, context):
+    """cdi-devices: give the container these CDI devices (section 5a)."""
+    return inject_cdi_devices(spec, names, context)
+
+
 def edit_merge_patch(spec, patch):
     """RFC 7386 JSON merge patch over the whole config."""
     changes = []
@@ -2397,8 +2436,19 @@ class Action(object):
         self.uses_context = uses_context
 
 
-# The pipeline: within a rule, actions apply in this order.
+# The pipeline: within a rule, actions apply in this order. CDI devices
+# come first, as an engine applies them while it writes the config: the
+# rule's other actions see their mounts, env and hooks and may change them.
 ACTIONS = (
+    Action("cdi-devices", _valid_cdi_device_names, edit_cdi_devices,
+           "[\"vendor.com/class=name\", ...]: give the container these CDI (Container Device "
+           "Interface) devices, as an engine with CDI does, from the spec files (*.json, *.yaml) of the "
+           "setting \"cdi-spec-dirs\" (default: %s; a later directory wins): their device nodes, "
+           "declared in linux.devices and allowed in linux.resources.devices, env, mounts, hooks and "
+           "additional GIDs. A device not found refuses the container. Containers ask for devices "
+           "themselves with cdi.k8s.io/* annotations (\"cdi-annotations\": false ignores them) and, when "
+           "the setting \"cdi-env\" names a variable, with its value (comma-separated names)."
+           % ", ".join(CDI_SPEC_DIRS), uses_context=True),
     Action("remove-mounts", _valid_destination_globs, edit_remove_mounts,
            "[GLOB, ...]: remove the mounts whose destination matches."),
     Action("add-mounts", _valid_mounts, edit_add_mounts,
@@ -2439,8 +2489,9 @@ ACTIONS = (
 
 
 def matching_rules(spec, policy):
-    """The rules whose condition matches the config as the engine wrote it."""
-    return [rule for rule in policy.rules if condition_matches(rule.when, spec)]
+    """The rules whose condition matches the config as the engine wrote it,
+    after the CDI devices the container asks for itself (section 5a)."""
+    return cdi_request_rules(spec, policy) + [rule for rule in policy.rules if condition_matches(rule.when, spec)]
 
 
 def apply_rules(spec, rules, context=None):
@@ -2509,6 +2560,1031 @@ def _insert_mount(mounts, mount, preferred=None):
 def _glob_match(destination, pattern):
     import fnmatch
     return destination is not None and fnmatch.fnmatchcase(destination, _clean_path(pattern))
+
+
+# ---------------------------------------------------------------------------
+# 5a. Devices (CDI): the Container Device Interface, for engines without it
+# ---------------------------------------------------------------------------
+#
+# A vendor tool writes a CDI spec file (JSON or YAML) to /etc/cdi or
+# /var/run/cdi: a "kind" (vendor.com/class), "devices" with the edits each
+# needs ("containerEdits": env, deviceNodes, mounts, hooks, additionalGids),
+# and spec-wide edits applied once whenever one of its devices is asked for.
+# Podman, containerd 1.7 and Docker 25 apply them; Docker 20.10 and
+# containerd 1.6 do not, so the "cdi-devices" action does it here, as the
+# reference library (cncf-tags/container-device-interface) does:
+#   - directories in order, a later one winning for the same device; in
+#     each, the *.json and *.yaml files (no subdirectories). A file that
+#     cannot be read or is not a valid spec is skipped with a warning naming
+#     it; two files of one directory defining one device make it unusable.
+#     As root, a file or directory a non-root user can write is skipped too:
+#     its hooks would run as root. Unknown fields are ignored (cdiVersion
+#     0.3.0 up to 1.x is read), so a newer file still works.
+#   - the edits of all the devices asked for (spec-wide ones once per spec)
+#     apply by kind: env (replacing a variable's value), device nodes,
+#     mounts, hooks, additional GIDs. A device node's type, major and minor
+#     come from the host node (lstat of hostPath, else path) when the spec
+#     leaves them out; it is declared in linux.devices (uid and gid those of
+#     the process when the spec names none) and, for b and c, allowed in
+#     linux.resources.devices ("rwm" unless "permissions" says otherwise;
+#     "none": no access) -- so a systemd cgroup manager that rewrites device
+#     rules later keeps it.
+#   - differences, on purpose: mounts go where add-mounts puts them (the
+#     engine's mounts are not re-sorted); an identical hook, cgroup rule or
+#     GID is not added twice; env keeps one entry per variable; intelRdt,
+#     netDevices and containerEdits.annotations are not applied.
+# Nothing here runs unless a device is asked for: the spec directories are
+# read on the first request of a call.
+
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+CDI_SPEC_SUFFIXES = (".json", ".yaml")
+# Container types of CRI sandboxes (containerd, CRI-O): a pod annotation
+# reaches the sandbox's spec too, but devices are for app containers.
+CDI_SANDBOX_ANNOTATIONS = (("io.kubernetes.cri.container-type", "sandbox"),
+                           ("io.kubernetes.cri-o.ContainerType", "sandbox"))
+
+
+def parse_cdi_name(name):
+    """"vendor.com/class=name" -> (vendor, class, name); ValueError saying
+    what is wrong, as the reference parser checks it."""
+    if not isinstance(name, str):
+        raise ValueError("expected a device name string, found %s" % _json_text(name))
+    kind, equals, device = name.partition("=")
+    vendor, slash, class_ = kind.partition("/")
+    if not (equals and slash and vendor and class_ and device):
+        raise ValueError("%s is not a fully qualified CDI device name (vendor.com/class=name)"
+                         % _quote_for_message(name))
+    problem = _cdi_kind_problem(vendor, class_) or _cdi_device_name_problem(device)
+    if problem:
+        raise ValueError("%s: %s" % (_quote_for_message(name), problem))
+    return vendor, class_, device
+
+
+_CDI_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_CDI_ALNUM = _CDI_LETTERS | frozenset("0123456789")
+
+
+def _cdi_kind_problem(vendor, class_):
+    """What is wrong with a vendor and class: letters, digits, _ - . only,
+    a letter first and a letter or digit last; None when nothing is."""
+    for what, part in (("vendor", vendor), ("class", class_)):
+        problem = _cdi_name_problem(part, "_-.", letter_first=True)
+        if problem:
+            return "%s %s" % (what, problem)
+    return None
+
+
+def _cdi_device_name_problem(device):
+    problem = _cdi_name_problem(device, "_-.:", letter_first=False)
+    return "device name " + problem if problem else None
+
+
+def _cdi_name_problem(part, inner, letter_first):
+    if part[0] not in (_CDI_LETTERS if letter_first else _CDI_ALNUM):
+        return "%s must start with a letter%s" % (_quote_for_message(part), "" if letter_first else " or digit")
+    if part[-1] not in _CDI_ALNUM:
+        return "%s must end with a letter or digit" % _quote_for_message(part)
+    for c in part[1:-1]:
+        if c not in _CDI_ALNUM and c not in inner:
+            return "%s has the character %s" % (_quote_for_message(part), _quote_for_message(c))
+    return None
+
+
+# --- requests -------------------------------------------------------------------
+
+def cdi_request_rules(spec, policy):
+    """The devices a container asks for itself, each source as a rule that
+    applies first, before the policy's own rules (as an engine applies CDI
+    when it writes the config): the annotations cdi.k8s.io/* (a
+    comma-separated list of names each, as the reference library reads
+    them; not for a CRI pod sandbox) and, when the policy names one, an env
+    variable. A name that is not fully qualified refuses the container."""
+    rules = []
+    annotations = spec.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    if any(annotations.get(key) == value for key, value in CDI_SANDBOX_ANNOTATIONS):
+        return rules
+    if policy.cdi_annotations:
+        for key in sorted(k for k in annotations if k.startswith(CDI_ANNOTATION_PREFIX)):
+            value = annotations[key]
+            where = "annotation %s" % key
+            if not isinstance(value, str):
+                raise InterceptorError("%s: expected a string of CDI device names" % where)
+            rules.append(_cdi_request_rule(where, value.split(",")))
+    variable = policy.cdi_env
+    if variable:
+        value = _env_values(spec).get(variable)
+        names = [item.strip() for item in (value or "").split(",") if item.strip()]
+        if names:
+            rules.append(_cdi_request_rule("env %s" % variable, names))
+    return rules
+
+
+def _cdi_request_rule(where, names):
+    for name in names:
+        try:
+            parse_cdi_name(name)
+        except ValueError as exc:
+            raise InterceptorError("%s: %s" % (where, _message(exc)))
+    return Rule("(cdi %s)" % where, None, {"cdi-devices": names}, "the container's " + where)
+
+
+# --- spec files ----------------------------------------------------------------
+
+class CdiEdits(object):
+    """The containerEdits of a spec or a device, checked and in OCI terms."""
+
+    def __init__(self):
+        self.env = []           # NAME=VALUE
+        self.nodes = []         # {"path", "hostPath", "type", "major", "minor", "fileMode", "permissions", "uid", "gid"}
+        self.mounts = []        # OCI mounts
+        self.hooks = []         # (stage, OCI hook)
+        self.gids = []          # additional GIDs
+        self.not_applied = []   # fields given that are not applied here
+
+    def empty(self):
+        return not (self.env or self.nodes or self.mounts or self.hooks or self.gids or self.not_applied)
+
+
+class CdiSpec(object):
+    def __init__(self, path, kind, edits, devices, version):
+        self.path = path
+        self.kind = kind
+        self.edits = edits          # spec-wide CdiEdits
+        self.devices = devices      # {name: CdiEdits}, in file order
+        self.version = version
+
+
+class CdiCache(object):
+    """The devices of the spec directories, read once (on the first request
+    of a call). devices: {qualified name: (CdiSpec, CdiEdits)}; skipped:
+    [(file or directory, why)], each also a warning."""
+
+    def __init__(self, directories, warn=True):
+        self.directories = list(directories)
+        self.devices = {}
+        self.conflicts = {}         # qualified name -> the files of one directory that define it
+        self.skipped = []
+        self._warn = warn
+        for directory in self.directories:
+            self._scan(directory)
+
+    def _skip(self, path, why):
+        self.skipped.append((path, why))
+        if self._warn:
+            report_warning("cdi spec %s: skipped, %s" % (path, why))
+
+    def _scan(self, directory):
+        import stat
+        try:
+            st = os.stat(directory)
+        except OSError as exc:
+            import errno
+            if exc.errno != errno.ENOENT:
+                self._skip(directory, exc.strerror)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self._skip(directory, "not a directory")
+            return
+        try:
+            _check_trusted(directory, st, "cdi spec dir")
+            names = sorted(os.listdir(directory))
+        except ConfigError as exc:
+            self._skip(directory, _message(exc).partition(": ")[2])
+            return
+        except OSError as exc:
+            self._skip(directory, exc.strerror)
+            return
+        here = {}
+        for name in names:
+            path = directory.rstrip("/") + "/" + name
+            if not name.endswith(CDI_SPEC_SUFFIXES):
+                continue
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                spec = read_cdi_spec(path)
+            except (ValueError, InterceptorError, OSError) as exc:
+                why = getattr(exc, "strerror", None) or _message(exc)
+                self._skip(path, why[len("cannot read %s: " % path):] if why.startswith("cannot read ") else why)
+                continue
+            for device, edits in spec.devices.items():
+                qualified = spec.kind + "=" + device
+                if qualified in here:
+                    self.conflicts.setdefault(qualified, [here[qualified]]).append(path)
+                    self.devices.pop(qualified, None)
+                    continue
+                here[qualified] = path
+                self.conflicts.pop(qualified, None)     # a later directory wins
+                self.devices[qualified] = (spec, edits)
+
+    def device(self, name):
+        """(CdiSpec, CdiEdits) of a qualified name, or InterceptorError
+        naming the device and the directories searched."""
+        if name in self.conflicts:
+            raise InterceptorError("CDI device %s is defined by more than one spec file of a directory (%s): "
+                                   "refusing to choose" % (name, ", ".join(self.conflicts[name])))
+        found = self.devices.get(name)
+        if found is None:
+            skipped = "; skipped: %s" % ", ".join(path for path, _ in self.skipped) if self.skipped else ""
+            raise InterceptorError("CDI device %s: not found in the CDI spec dirs %s%s"
+                                   % (name, ", ".join(self.directories) or "(none)", skipped))
+        return found
+
+
+def read_cdi_spec(path):
+    """A CDI spec file -> CdiSpec; ValueError (or InterceptorError) saying
+    what is wrong. *.json is JSON; *.yaml is read by the YAML subset below
+    (or as JSON when it holds JSON). As root the file must be root's."""
+    raw, st = read_config(path, follow_symlinks=True)
+    try:
+        _check_trusted(path, st, "cdi spec")
+    except ConfigError as exc:
+        raise ValueError(_message(exc).partition(": ")[2])
+    if path.endswith(".json"):
+        data = parse_json(raw)
+    else:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError("invalid UTF-8 at byte %d" % exc.start)
+        text = text[1:] if text.startswith("\ufeff") else text          # a BOM, as YAML allows
+        data = parse_json(text.encode("utf-8")) if text.lstrip().startswith("{") else parse_yaml_subset(text)
+    return cdi_spec_from_data(data, path)
+
+
+def cdi_spec_from_data(data, path):
+    fields = _cdi_fields(data, "", ("cdiVersion", "kind", "devices", "containerEdits"))
+    version = fields.get("cdiVersion")
+    _check_cdi_version(version)
+    kind = fields.get("kind")
+    vendor, slash, class_ = kind.partition("/") if isinstance(kind, str) else ("", "", "")
+    if not (vendor and slash and class_):
+        raise ValueError("kind: expected vendor.com/class, found %s" % _json_text(kind))
+    problem = _cdi_kind_problem(vendor, class_)
+    if problem:
+        raise ValueError("kind: %s" % problem)
+    edits = _cdi_edits(fields.get("containerEdits"), "containerEdits")
+    devices = {}
+    items = fields.get("devices")
+    if not isinstance(items, list) or not items:
+        raise ValueError("devices: expected a non-empty list of devices")
+    for index, item in enumerate(items):
+        where = "devices[%d]" % index
+        device = _cdi_fields(item, where, ("name", "containerEdits"))
+        name = _cdi_string(device.get("name"), where + ".name")
+        problem = _cdi_device_name_problem(name) if name else "a device needs a name"
+        if problem:
+            raise ValueError("%s.name: %s" % (where, problem))
+        if name in devices:
+            raise ValueError("%s.name: a device named %s exists already" % (where, _quote_for_message(name)))
+        device_edits = _cdi_edits(device.get("containerEdits"), where + ".containerEdits")
+        if device_edits.empty():
+            raise ValueError("%s.containerEdits: a device needs at least one edit" % where)
+        devices[name] = device_edits
+    return CdiSpec(path, kind, edits, devices, version)
+
+
+def _check_cdi_version(version):
+    """cdiVersion 0.3.0 up to 1.x: the versions in use (0.3.0 is the first
+    the reference library reads; a 2.x could change what fields mean)."""
+    parts = version.split(".") if isinstance(version, str) else []
+    if len(parts) != 3 or not all(p and all(c in "0123456789" for c in p) for p in parts):
+        raise ValueError("cdiVersion: expected a version such as \"0.6.0\", found %s" % _json_text(version))
+    numbers = tuple(int(p) for p in parts)
+    if numbers < (0, 3, 0) or numbers[0] > 1:
+        raise ValueError("cdiVersion: %s is not read here (0.3.0 up to 1.x are)" % version)
+
+
+_CDI_EDIT_FIELDS = ("env", "deviceNodes", "mounts", "hooks", "additionalGids", "intelRdt", "netDevices",
+                    "annotations")
+_CDI_NOT_APPLIED = ("intelRdt", "netDevices", "annotations")
+
+
+def _cdi_edits(data, where):
+    edits = CdiEdits()
+    if data is None:
+        return edits
+    fields = _cdi_fields(data, where, _CDI_EDIT_FIELDS)
+    edits.env = _cdi_env_list(fields.get("env"), where + ".env")
+    for index, node in enumerate(_cdi_list(fields.get("deviceNodes"), where + ".deviceNodes")):
+        edits.nodes.append(_cdi_device_node(node, "%s.deviceNodes[%d]" % (where, index)))
+    for index, mount in enumerate(_cdi_list(fields.get("mounts"), where + ".mounts")):
+        edits.mounts.append(_cdi_mount(mount, "%s.mounts[%d]" % (where, index)))
+    for index, hook in enumerate(_cdi_list(fields.get("hooks"), where + ".hooks")):
+        edits.hooks.append(_cdi_hook(hook, "%s.hooks[%d]" % (where, index)))
+    for index, gid in enumerate(_cdi_list(fields.get("additionalGids"), where + ".additionalGids")):
+        edits.gids.append(_cdi_uint(gid, "%s.additionalGids[%d]" % (where, index), 32))
+    edits.not_applied = [key for key in _CDI_NOT_APPLIED if fields.get(key) not in (None, [], {})]
+    return edits
+
+
+def _cdi_fields(data, where, known):
+    """The known fields of a CDI object, matched as Go's JSON reader matches
+    them (ignoring case); other fields are ignored. null is as absent."""
+    if not isinstance(data, dict):
+        raise ValueError("%sexpected an object, found %s" % (where + ": " if where else "", _json_text(data)))
+    by_lower = dict((name.lower(), name) for name in known)
+    fields = {}
+    for key, value in data.items():
+        name = by_lower.get(key.lower())
+        if name is None:
+            continue
+        if name in fields:
+            raise ValueError("%s%s: given twice (field names ignore case)" % (where + "." if where else "", name))
+        elif isinstance(value, YamlAmbiguous):
+            raise ValueError("%s%s: %s" % (where + "." if where else "", name, value.problem()))
+        elif value is not None:
+            fields[name] = value
+    return fields
+
+
+def _cdi_list(value, where):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("%s: expected a list, found %s" % (where, _json_text(value)))
+    return value
+
+
+def _cdi_string(value, where, default=""):
+    if value is None:
+        return default
+    if isinstance(value, YamlAmbiguous):
+        raise ValueError("%s: %s" % (where, value.problem()))
+    if not isinstance(value, str):
+        raise ValueError("%s: expected a string, found %s" % (where, _json_text(value)))
+    return value
+
+
+def _cdi_strings(value, where):
+    items = _cdi_list(value, where)
+    for index, item in enumerate(items):
+        _cdi_string(item, "%s[%d]" % (where, index))
+    return list(items)
+
+
+def _cdi_env_list(value, where):
+    items = _cdi_strings(value, where)
+    for index, item in enumerate(items):
+        if item.find("=") <= 0:
+            raise ValueError("%s[%d]: expected NAME=VALUE, found %s" % (where, index, _json_text(item)))
+    return items
+
+
+def _cdi_uint(value, where, bits):
+    if isinstance(value, YamlAmbiguous):
+        raise ValueError("%s: %s" % (where, value.problem()))
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise ValueError("%s: expected a whole number from 0 to %d, found %s" % (where, (1 << bits) - 1,
+                                                                                 _json_text(value)))
+    return value
+
+
+def _cdi_device_node(data, where):
+    fields = _cdi_fields(data, where, ("path", "hostPath", "type", "major", "minor", "fileMode",
+                                          "permissions", "uid", "gid"))
+    node = {"path": _cdi_string(fields.get("path"), where + ".path"),
+            "hostPath": _cdi_string(fields.get("hostPath"), where + ".hostPath"),
+            "type": _cdi_string(fields.get("type"), where + ".type"),
+            "major": _cdi_uint(fields.get("major", 0), where + ".major", 63),
+            "minor": _cdi_uint(fields.get("minor", 0), where + ".minor", 63),
+            "permissions": _cdi_string(fields.get("permissions"), where + ".permissions")}
+    for key in ("fileMode", "uid", "gid"):
+        node[key] = _cdi_uint(fields[key], where + "." + key, 32) if key in fields else None
+    if not node["path"]:
+        raise ValueError("%s.path: a device node needs a path" % where)
+    if node["type"] not in ("", "b", "c", "u", "p"):
+        raise ValueError("%s.type: expected b, c, u or p, found %s" % (where, _json_text(node["type"])))
+    permissions = node["permissions"]
+    if permissions != "none" and permissions.strip("rwm"):
+        raise ValueError("%s.permissions: expected some of r, w, m (or none), found %s"
+                         % (where, _json_text(permissions)))
+    return node
+
+
+def _cdi_mount(data, where):
+    fields = _cdi_fields(data, where, ("hostPath", "containerPath", "options", "type"))
+    host = _cdi_string(fields.get("hostPath"), where + ".hostPath")
+    container = _cdi_string(fields.get("containerPath"), where + ".containerPath")
+    if not host or not container:
+        raise ValueError("%s: a mount needs a hostPath and a containerPath" % where)
+    mount = {"destination": container}
+    mount_type = _cdi_string(fields.get("type"), where + ".type")
+    if mount_type:
+        mount["type"] = mount_type
+    mount["source"] = host
+    options = _cdi_strings(fields.get("options"), where + ".options")
+    if options:
+        mount["options"] = options
+    return mount
+
+
+def _cdi_hook(data, where):
+    fields = _cdi_fields(data, where, ("hookName", "path", "args", "env", "timeout"))
+    stage = _cdi_string(fields.get("hookName"), where + ".hookName")
+    if stage not in HOOK_STAGES:
+        raise ValueError("%s.hookName: expected one of %s, found %s"
+                         % (where, ", ".join(HOOK_STAGES), _json_text(stage)))
+    hook = {"path": _cdi_string(fields.get("path"), where + ".path")}
+    if not hook["path"]:
+        raise ValueError("%s.path: a hook needs a path" % where)
+    args = _cdi_strings(fields.get("args"), where + ".args")
+    if args:
+        hook["args"] = args
+    env = _cdi_env_list(fields.get("env"), where + ".env")
+    if env:
+        hook["env"] = env
+    if "timeout" in fields:
+        timeout = fields["timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int):
+            raise ValueError("%s.timeout: expected a whole number of seconds, found %s" % (where, _json_text(timeout)))
+        hook["timeout"] = timeout
+    return stage, hook
+
+
+# --- a YAML subset, for the YAML files vendor tools write --------------------------
+#
+# Vendor tools (nvidia-ctk, the reference library's WriteSpec) write CDI
+# specs as YAML by default. No YAML reader ships with Python, so this reads
+# the part of YAML those files use and refuses, with the line, anything
+# else: block mappings and lists (a list may sit at its key's indentation),
+# "- key: value" items, one-line flow lists and mappings ([a, b], {k: v}),
+# plain, 'single' and "double" quoted scalars (a plain one may continue on
+# more indented lines), comments, a leading "---" and a final "...". It
+# refuses anchors, aliases, tags, block scalars (| >), "? " keys, several
+# documents, tabs in indentation, duplicate keys, and every plain scalar
+# that YAML 1.1 readers (Go's, which the engines use) and YAML 1.2 readers
+# read differently -- yes, no, on, off, 0644, 0x1F, 1_000, 1.5, 12:30,
+# dates: quote it. A plain true, false, null, ~ or decimal integer is typed;
+# every other plain scalar is a string.
+
+MAX_YAML_DEPTH = 64
+
+
+def parse_yaml_subset(text):
+    """YAML text -> the JSON-like value it holds; ValueError "line N: ..."."""
+    return _YamlReader(text).document()
+
+
+class _YamlReader(object):
+
+    def __init__(self, text):
+        self.lines = []             # [lineno, indent, content] of lines that hold something
+        started = ended = False
+        for lineno, line in enumerate(text.split("\n"), 1):
+            line = line.rstrip(" \t\r")
+            content = line.lstrip(" ")
+            indent = len(line) - len(content)
+            if content.startswith("\t"):
+                self.fail(lineno, "a tab in the indentation (YAML indents with spaces)")
+            if not content or content.startswith("#"):
+                continue
+            if ended:
+                self.fail(lineno, "content after the document end \"...\"")
+            if indent == 0 and (content == "---" or content.startswith("--- ")):
+                if started or self.lines:
+                    self.fail(lineno, "a second document (one spec per file)")
+                started = True
+                content = _yaml_strip_comment(content[3:])
+                if not content:
+                    continue
+                indent = 4                  # "--- {a: 1}": the document on its marker line
+            if indent == 0 and (content == "..." or content.startswith("... #")):
+                ended = True
+                continue
+            if indent == 0 and content.startswith("%"):
+                self.fail(lineno, "a directive (%s) is not supported" % content.split()[0])
+            self.lines.append([lineno, indent, content])
+        self.pos = 0
+        self.depth = 0
+
+    @staticmethod
+    def fail(lineno, problem):
+        raise ValueError("line %d: %s" % (lineno, problem))
+
+    def document(self):
+        if not self.lines:
+            raise ValueError("no content")
+        value = self.node(0)
+        if self.pos < len(self.lines):
+            self.fail(self.lines[self.pos][0], "unexpected indentation")
+        return value
+
+    def node(self, min_indent):
+        """The block node starting at the current line."""
+        lineno, indent, content = self.lines[self.pos]
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            self.fail(lineno, "nested deeper than %d levels" % MAX_YAML_DEPTH)
+        try:
+            if _is_yaml_item(content):
+                return self.sequence(indent)
+            if self.mapping_entry(content, lineno) is not None:
+                return self.mapping(indent)
+            self.pos += 1
+            return self.scalar_lines(content, lineno, indent - 1)
+        finally:
+            self.depth -= 1
+
+    def mapping(self, indent):
+        result = {}
+        while self.pos < len(self.lines):
+            lineno, line_indent, content = self.lines[self.pos]
+            if line_indent < indent:
+                break
+            if line_indent > indent:
+                self.fail(lineno, "unexpected indentation")
+            entry = self.mapping_entry(content, lineno)
+            if entry is None:
+                self.fail(lineno, "expected KEY: VALUE" if not _is_yaml_item(content)
+                          else "a list item where a mapping key belongs")
+            key, rest = entry
+            if key in result:
+                self.fail(lineno, "duplicate key %s" % _quote_for_message(key))
+            self.pos += 1
+            if rest:
+                result[key] = self.scalar_lines(rest, lineno, indent)
+            elif self.pos < len(self.lines) and self.lines[self.pos][1] > indent:
+                result[key] = self.node(indent + 1)
+            elif (self.pos < len(self.lines) and self.lines[self.pos][1] == indent
+                  and _is_yaml_item(self.lines[self.pos][2])):
+                result[key] = self.sequence(indent)         # a list at its key's indentation
+            else:
+                result[key] = None
+        return result
+
+    def sequence(self, indent):
+        items = []
+        while self.pos < len(self.lines):
+            lineno, line_indent, content = self.lines[self.pos]
+            if line_indent < indent:
+                break
+            if line_indent > indent:
+                self.fail(lineno, "unexpected indentation")
+            if not _is_yaml_item(content):
+                break                       # the key after a list at its key's indentation
+            rest = content[1:].lstrip(" ")
+            if not rest or rest.startswith("#"):
+                self.pos += 1
+                if self.pos < len(self.lines) and self.lines[self.pos][1] > indent:
+                    items.append(self.node(indent + 1))
+                else:
+                    items.append(None)
+                continue
+            # "- key: value" or "- - x": the rest is a node at its own column.
+            column = indent + len(content) - len(rest)
+            self.lines[self.pos] = [lineno, column, rest]
+            items.append(self.node(column))
+        return items
+
+    def mapping_entry(self, content, lineno):
+        """(key, rest of the line) when the line is KEY: VALUE, else None."""
+        if content.startswith(("? ", "?\t")) or content == "?":
+            self.fail(lineno, "\"? \" keys are not supported")
+        if content[0] in "\"'":
+            key, end = _yaml_quoted(content, 0, lineno)
+            rest = content[end:].lstrip(" ")
+            if not rest.startswith(":") or not (len(rest) == 1 or rest[1] == " "):
+                return None
+            return key, _yaml_strip_comment(rest[1:])
+        if content[0] in "[{" or _is_yaml_item(content):
+            return None
+        index = 0
+        while True:
+            index = content.find(":", index)
+            if index < 0:
+                return None
+            comment = content.find(" #")
+            if 0 <= comment < index:
+                return None
+            if index + 1 == len(content) or content[index + 1] == " ":
+                break
+            index += 1
+        key = content[:index].rstrip(" ")
+        if not key:
+            self.fail(lineno, "an empty key")
+        if key[0] in "&*!|>%@`" or key == "<<":
+            self.fail(lineno, "%s is not supported in a key" % _quote_for_message(key[0] if key != "<<" else key))
+        return key, _yaml_strip_comment(content[index + 1:])
+
+    def scalar_lines(self, text, lineno, parent_indent):
+        """A value on its line: a flow collection, a quoted scalar, or a
+        plain scalar that may continue on lines indented deeper than its
+        parent (folded into one line with spaces)."""
+        value, end = _yaml_flow_value(text, 0, lineno, flow=False)
+        rest = text[end:].lstrip(" ")
+        if rest and not rest.startswith("#"):
+            self.fail(lineno, "unexpected %s after the value" % _quote_for_message(rest[:20]))
+        if isinstance(value, _YamlPlain):
+            parts = [value.text]
+            while (not rest and self.pos < len(self.lines) and self.lines[self.pos][1] > parent_indent
+                   and self.mapping_entry(self.lines[self.pos][2], self.lines[self.pos][0]) is None
+                   and not _is_yaml_item(self.lines[self.pos][2])):
+                more_lineno, _, more = self.lines[self.pos]
+                more_value, more_end = _yaml_flow_value(more, 0, more_lineno, flow=False)
+                if not isinstance(more_value, _YamlPlain):
+                    self.fail(more_lineno, "a plain scalar continues with a quoted or flow value")
+                rest = more[more_end:].lstrip(" ")
+                parts.append(more_value.text)
+                self.pos += 1
+            return _yaml_resolve(" ".join(parts), lineno)
+        return value
+
+
+class _YamlPlain(object):
+    """A plain scalar's text, typed once its extent is known."""
+
+    def __init__(self, text):
+        self.text = text
+
+
+def _is_yaml_item(content):
+    return content == "-" or content.startswith(("- ", "-\t"))
+
+
+def _yaml_strip_comment(text):
+    text = text.strip(" ")
+    return "" if text.startswith("#") else text
+
+
+_YAML_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n", "v": "\v", "f": "\f",
+                 "r": "\r", "e": "\x1b", " ": " ", "\"": "\"", "/": "/", "\\": "\\", "N": "\x85",
+                 "_": "\xa0", "L": "\u2028", "P": "\u2029"}
+_YAML_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+def _yaml_quoted(text, start, lineno):
+    """A quoted scalar starting at text[start] -> (string, end index)."""
+    quote = text[start]
+    out = []
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c == quote:
+            if quote == "'" and text[i + 1:i + 2] == "'":
+                out.append("'")
+                i += 2
+                continue
+            return "".join(out), i + 1
+        if quote == "\"" and c == "\\":
+            code = text[i + 1:i + 2]
+            if code in _YAML_ESCAPES:
+                out.append(_YAML_ESCAPES[code])
+                i += 2
+                continue
+            if code in _YAML_HEX_ESCAPES:
+                digits = text[i + 2:i + 2 + _YAML_HEX_ESCAPES[code]]
+                if len(digits) != _YAML_HEX_ESCAPES[code] or not all(d in "0123456789abcdefABCDEF" for d in digits):
+                    raise ValueError("line %d: a bad \\%s escape" % (lineno, code))
+                number = int(digits, 16)
+                if 0xD800 <= number <= 0xDFFF or number > 0x10FFFF:
+                    raise ValueError("line %d: \\%s%s is not a character" % (lineno, code, digits))
+                out.append(chr(number))
+                i += 2 + len(digits)
+                continue
+            raise ValueError("line %d: an unknown escape \\%s" % (lineno, code or "(end of line)"))
+        if c < " " and c != "\t":
+            raise ValueError("line %d: a control character in a quoted string" % lineno)
+        out.append(c)
+        i += 1
+    raise ValueError("line %d: a quoted string must end on its line" % lineno)
+
+
+def _yaml_flow_value(text, i, lineno, flow, depth=0):
+    """The value at text[i:] -> (value, end). flow: inside [ ] or { }."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None, i
+    c = text[i]
+    if depth > MAX_YAML_DEPTH:
+        raise ValueError("line %d: nested deeper than %d levels" % (lineno, MAX_YAML_DEPTH))
+    if c in "\"'":
+        return _yaml_quoted(text, i, lineno)
+    if c == "[":
+        items = []
+        i += 1
+        while True:
+            while i < len(text) and text[i] == " ":
+                i += 1
+            if text[i:i + 1] == "]":
+                return items, i + 1
+            if i >= len(text):
+                raise ValueError("line %d: a [ list must end on its line" % lineno)
+            value, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
+            items.append(_yaml_typed(value, lineno))
+            while i < len(text) and text[i] == " ":
+                i += 1
+            if text[i:i + 1] == ",":
+                i += 1
+            elif i >= len(text):
+                raise ValueError("line %d: a [ list must end on its line" % lineno)
+            elif text[i] != "]":
+                raise ValueError("line %d: expected , or ] in a [ list" % lineno)
+    if c == "{":
+        result = {}
+        i += 1
+        while True:
+            while i < len(text) and text[i] == " ":
+                i += 1
+            if text[i:i + 1] == "}":
+                return result, i + 1
+            if i >= len(text):
+                raise ValueError("line %d: a { mapping must end on its line" % lineno)
+            key, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
+            key = key.text if isinstance(key, _YamlPlain) else key
+            if not isinstance(key, str) or not key:
+                raise ValueError("line %d: a { mapping key must be a string" % lineno)
+            if key in result:
+                raise ValueError("line %d: duplicate key %s" % (lineno, _quote_for_message(key)))
+            while i < len(text) and text[i] == " ":
+                i += 1
+            value = None
+            if text[i:i + 1] == ":":
+                value, i = _yaml_flow_value(text, i + 1, lineno, True, depth + 1)
+                value = _yaml_typed(value, lineno)
+            result[key] = value
+            while i < len(text) and text[i] == " ":
+                i += 1
+            if text[i:i + 1] == ",":
+                i += 1
+            elif i >= len(text):
+                raise ValueError("line %d: a { mapping must end on its line" % lineno)
+            elif text[i] != "}":
+                raise ValueError("line %d: expected , or } in a { mapping" % lineno)
+    if c in "&*!":
+        raise ValueError("line %d: anchors, aliases and tags (%s) are not supported" % (lineno, c))
+    if c in "|>":
+        raise ValueError("line %d: block scalars (| and >) are not supported: write the value on one line, "
+                         "quoted" % lineno)
+    if c in "%@`" or (c in "-?:" and text[i + 1:i + 2] in ("", " ")) or (flow and c in ",]}"):
+        raise ValueError("line %d: a value cannot start with %s: quote it" % (lineno, _quote_for_message(c)))
+    start = i
+    while i < len(text):
+        c = text[i]
+        if c == "#" and text[i - 1] == " ":
+            break
+        if c == ":" and (i + 1 == len(text) or text[i + 1] == " " or (flow and text[i + 1] in ",[]{}")):
+            if not flow:
+                raise ValueError("line %d: ': ' in a plain value: quote it" % lineno)
+            break
+        if flow and c in ",[]{}":
+            break
+        i += 1
+    return _YamlPlain(text[start:i].rstrip(" ")), i
+
+
+def _yaml_typed(value, lineno):
+    return _yaml_resolve(value.text, lineno) if isinstance(value, _YamlPlain) else value
+
+
+_YAML_AMBIGUOUS = None
+
+
+class YamlAmbiguous(object):
+    """A plain scalar YAML readers read differently (YAML 1.1 as Go's
+    yaml.v2, YAML 1.2): an error only where a spec field is read from it,
+    so a field this program ignores may hold one."""
+
+    def __init__(self, text, lineno):
+        self.text = text
+        self.lineno = lineno
+
+    def problem(self):
+        return ("line %d: the plain value %s is read differently by YAML readers (a boolean, number or date "
+                "to some): quote it" % (self.lineno, _quote_for_message(self.text)))
+
+
+def _yaml_resolve(text, lineno):
+    """A plain scalar's value: null, a boolean, a decimal integer, a string,
+    or YamlAmbiguous for text YAML readers disagree on."""
+    global _YAML_AMBIGUOUS
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None
+    if text in ("true", "True", "TRUE"):
+        return True
+    if text in ("false", "False", "FALSE"):
+        return False
+    digits = text[1:] if text.startswith("-") else text
+    if digits and all(c in "0123456789" for c in digits) and (digits == "0" or digits[0] != "0"):
+        return int(text)
+    if _YAML_AMBIGUOUS is None:
+        import re
+        _YAML_AMBIGUOUS = re.compile(
+            r"(y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF|<<|=)$"        # YAML 1.1 booleans, keys
+            r"|[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)$"  # integers: 0644, 1_000, +5
+            r"|[-+]?([0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)([eE][-+]?[0-9]+)?$"   # floats
+            r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
+            r"|[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$"                    # sexagesimal: 12:30
+            r"|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?([Tt ]|$)"            # dates
+            r"|[-+]?\.(inf|Inf|INF)$|\.(nan|NaN|NAN)$")
+    if _YAML_AMBIGUOUS.match(text):
+        return YamlAmbiguous(text, lineno)
+    return text
+
+
+def cdi_report_lines(cache, devices):
+    """For --oi-dry-run and --oi-check-config: each device (name, spec
+    file) with what of it is not applied here, and each file skipped."""
+    lines = []
+    for name, path in devices:
+        not_applied = []
+        if cache is not None and name in cache.devices:
+            cdi_spec, edits = cache.devices[name]
+            not_applied = sorted(set(cdi_spec.edits.not_applied + edits.not_applied))
+        lines.append("cdi device: %s (%s)%s" % (name, path, "; not applied: " + ", ".join(not_applied)
+                                                 if not_applied else ""))
+    for path, why in cache.skipped if cache is not None else ():
+        lines.append("cdi spec skipped: %s: %s" % (path, why))
+    for name, paths in sorted(cache.conflicts.items()) if cache is not None else ():
+        lines.append("cdi device unusable: %s is defined by %s" % (name, ", ".join(paths)))
+    return lines
+
+
+# --- the edits -----------------------------------------------------------------
+
+def inject_cdi_devices(spec, names, context):
+    """The "cdi-devices" edit: resolve the names in the spec directories
+    (read on first use), then apply the spec-wide edits of each spec once
+    and each device's edits, kind by kind as the reference library does."""
+    if context.cdi_cache is None:
+        context.cdi_cache = CdiCache(context.cdi_spec_dirs)
+    edits = []
+    specs = set()
+    for name in names:
+        cdi_spec, device_edits = context.cdi_cache.device(name)
+        if (name, cdi_spec.path) not in context.cdi_resolved:
+            context.cdi_resolved.append((name, cdi_spec.path))
+        if id(cdi_spec) not in specs:
+            specs.add(id(cdi_spec))
+            edits.append(("cdi %s (spec-wide)" % cdi_spec.kind, cdi_spec.edits))
+        edits.append(("cdi " + name, device_edits))
+    changes = []
+
+    def note(label, done):
+        changes.extend("%s: %s" % (label, change) for change in done)
+
+    for label, edit in edits:
+        note(label, _set_env(spec, edit.env, force=True))
+    for label, edit in edits:
+        for node in edit.nodes:
+            note(label, _add_cdi_device_node(spec, node))
+    for label, edit in edits:
+        if edit.mounts:
+            note(label, edit_add_mounts(spec, edit.mounts))
+    for label, edit in edits:
+        hooks = {}
+        for stage, hook in edit.hooks:
+            hooks.setdefault(stage, []).append(hook)
+        if hooks:
+            note(label, _add_hooks(spec, hooks, prepend=False))
+    for label, edit in edits:
+        note(label, _add_additional_gids(spec, edit.gids))
+    return changes
+
+
+def cdi_host_device(path):
+    """(type, major, minor) of a host device node, by lstat as the
+    reference library reads it: "b", "c" or "p"."""
+    import stat
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise InterceptorError("cannot stat the host device %s: %s" % (path, exc.strerror))
+    if stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    elif stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISFIFO(st.st_mode):
+        kind = "p"
+    else:
+        raise InterceptorError("the host path %s is not a device node" % path)
+    return kind, os.major(st.st_rdev), os.minor(st.st_rdev)
+
+
+def _cdi_device_numbers(node):
+    """A node's type, major and minor, filled in from the host node
+    (hostPath, else path) where the spec leaves them out."""
+    kind, major, minor = node["type"], node["major"], node["minor"]
+    if kind and (major != 0 or kind == "p"):
+        return kind, major, minor
+    host = node["hostPath"] or node["path"]
+    host_kind, host_major, host_minor = cdi_host_device(host)
+    if not kind:
+        kind = host_kind
+    elif kind != host_kind:
+        raise InterceptorError("device %s: the spec says type %s, the host node %s is %s"
+                               % (node["path"], kind, host, host_kind))
+    if major == 0 and kind != "p":
+        major, minor = host_major, host_minor
+    return kind, major, minor
+
+
+def _add_cdi_device_node(spec, node):
+    """Declare a device node in linux.devices (one per path) and, for a
+    block or char device, allow it in linux.resources.devices."""
+    kind, major, minor = _cdi_device_numbers(node)
+    device = {"path": node["path"], "type": kind, "major": major, "minor": minor}
+    process = spec.get("process")
+    user = process.get("user") if isinstance(process, dict) else None
+    user = user if isinstance(user, dict) else {}
+    for key in ("fileMode", "uid", "gid"):
+        value = node[key]
+        if value is None and key != "fileMode":
+            owner = user.get(key)
+            value = owner if isinstance(owner, int) and not isinstance(owner, bool) and owner > 0 else None
+        if value is not None:
+            device[key] = value
+    linux = _cdi_object(spec, "linux", "linux")
+    devices = linux.get("devices")
+    if devices is None:
+        devices = linux["devices"] = []
+    if not isinstance(devices, list):
+        raise InterceptorError("linux.devices is not a list")
+    path = _clean_path(node["path"])
+    same = [i for i, d in enumerate(devices) if isinstance(d, dict) and isinstance(d.get("path"), str)
+            and _clean_path(d["path"]) == path]
+    changes = []
+    if not (len(same) == 1 and json_equal(devices[same[0]], device)):
+        for index in reversed(same):
+            del devices[index]
+        devices.append(device)
+        changes.append("linux.devices: %s %s (%s %d:%d%s)" % (
+            "replaced" if same else "added", node["path"], kind, major, minor,
+            ", host " + node["hostPath"] if node["hostPath"] and node["hostPath"] != node["path"] else ""))
+    if kind in ("b", "c"):
+        access = node["permissions"] or "rwm"
+        if access == "none":
+            access = ""
+        rule = {"allow": True, "type": kind, "major": major, "minor": minor}
+        if access:
+            rule["access"] = access
+        resources = _cdi_object(linux, "resources", "linux.resources")
+        rules = resources.get("devices")
+        if rules is None:
+            rules = resources["devices"] = []
+        if not isinstance(rules, list):
+            raise InterceptorError("linux.resources.devices is not a list")
+        if not _cgroup_rule_in_force(rules, rule):
+            rules.append(rule)
+            changes.append("linux.resources.devices: allowed %s %d:%d %s" % (kind, major, minor, access or "(none)"))
+    return changes
+
+
+def _cdi_object(parent, key, where):
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = {}
+    if not isinstance(value, dict):
+        raise InterceptorError("%s is not an object" % where)
+    return value
+
+
+def _cgroup_rule_in_force(rules, rule):
+    """Is this exact rule there, with no later deny rule that covers its
+    device? (Later rules win; an allow before a deny-all is no allow.)"""
+    for index in range(len(rules) - 1, -1, -1):
+        old = rules[index]
+        if json_equal(old, rule):
+            return True
+        if isinstance(old, dict) and old.get("allow") is False and _cgroup_rule_covers(old, rule):
+            return False
+    return False
+
+
+def _cgroup_rule_covers(old, rule):
+    def wild(value, wanted):
+        return value is None or value == -1 or json_equal(value, wanted)
+    return (old.get("type") in (None, "", "a", rule["type"]) and wild(old.get("major"), rule["major"])
+            and wild(old.get("minor"), rule["minor"]))
+
+
+def _add_additional_gids(spec, gids):
+    """process.user.additionalGids, each once; 0 ignored, as the reference
+    library does."""
+    gids = [gid for gid in gids if gid != 0]
+    process = spec.get("process")
+    if not gids or process is None:
+        return []
+    if not isinstance(process, dict):
+        raise InterceptorError("process is not an object")
+    user = process.get("user")
+    if user is None:
+        user = process["user"] = {"uid": 0, "gid": 0}
+    if not isinstance(user, dict):
+        raise InterceptorError("process.user is not an object")
+    present = user.get("additionalGids")
+    if present is None:
+        present = user["additionalGids"] = []
+    if not isinstance(present, list):
+        raise InterceptorError("process.user.additionalGids is not a list")
+    changes = []
+    for gid in gids:
+        if not any(json_equal(gid, old) for old in present):
+            present.append(gid)
+            changes.append("process.user.additionalGids: added %d" % gid)
+    return changes
 
 
 # ---------------------------------------------------------------------------
@@ -3155,7 +4231,7 @@ def plan_edit(call, policy, keep_parsed=False):
     spec = parse_config(raw, path)
     parsed = serialize_config(spec, PRETTY) if keep_parsed else None
     rules = matching_rules(spec, policy)
-    context = EditContext(call.container_id)
+    context = EditContext(call.container_id, cdi_spec_dirs=policy.cdi_spec_dirs)
     changes = apply_rules(spec, rules, context)
     new_raw = None
     if changes:
@@ -4155,6 +5231,11 @@ def check_config_report(policy):
         lines.append("hook file: %s" % path)
     for directory in policy.hooks_dirs:
         lines.append("hooks dir: %s" % directory)
+    lines.append("cdi spec dirs: %s" % (", ".join(policy.cdi_spec_dirs) or "(none)"))
+    lines.append("cdi requests: rules (cdi-devices), annotations %s* (%s), env variable %s" % (
+        CDI_ANNOTATION_PREFIX, "on" if policy.cdi_annotations else "off", policy.cdi_env or "(none)"))
+    cache = CdiCache(policy.cdi_spec_dirs, warn=False)
+    lines.extend(cdi_report_lines(cache, [(name, found[0].path) for name, found in sorted(cache.devices.items())]))
     lines.append("rules: %d" % len(policy.rules))
     for rule in policy.rules:
         lines.append("  %s (%s)" % (rule.name, rule.source))
@@ -4162,6 +5243,11 @@ def check_config_report(policy):
         for action in ACTIONS:
             if action.key in rule.actions:
                 lines.append("    %s: %s" % (action.key, _full_json_text(rule.actions[action.key])))
+        for name in rule.actions.get("cdi-devices", []):
+            try:
+                cache.device(name)
+            except InterceptorError as exc:
+                lines.append("    not available now: %s" % exc)
         for key in ("prepend-hooks", "hooks"):
             for stage, hooks in sorted(rule.actions.get(key, {}).items()):
                 for hook in hooks:
@@ -4223,6 +5309,7 @@ def dry_run_report(call, policy, runtime, runtime_args):
         result = plan_edit(call, policy, keep_parsed=True)
         lines.append("config: %s" % result.path)
         lines.append("rules matched: %s" % (", ".join(r.name for r in result.rules) or "(none)"))
+        lines.extend(cdi_report_lines(result.context.cdi_cache, result.context.cdi_resolved))
         for change in result.changes:
             lines.append("  " + change)
         if result.context.runtime_path is not None:

@@ -235,16 +235,25 @@ class Podman(object):
 
     ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
 
-    def __init__(self, base, containers_conf_snippet, image_tar, image="oi-busybox:test", etc_containers=None):
+    def __init__(self, base, containers_conf_snippet, image_tar, image="oi-busybox:test", etc_containers=None,
+                 etc_cdi=None):
         """etc_containers: instead of CONTAINERS_CONF (which makes Podman
         read no containers.conf.d), every podman command runs in a mount
         namespace of its own where this directory is /etc/containers, so
-        Podman reads the drop-in files in its containers.conf.d."""
+        Podman reads the drop-in files in its containers.conf.d.
+        etc_cdi: every podman command runs in a mount namespace of its own
+        where this directory is /etc/cdi and /var/run/cdi is empty (Podman
+        4.3 reads CDI specs only there); where the host has no /etc/cdi, /etc
+        is an overlay in that namespace, so nothing of the host changes."""
         self.base = str(base)
         self.policy_path = os.path.join(self.base, "policy.json")
         self.image = image
         self.residue = HostResidue()
         self.etc_containers = etc_containers
+        self.etc_cdi = etc_cdi
+        if etc_cdi is not None:
+            for name in ("etc-upper", "etc-work"):
+                os.makedirs(os.path.join(self.base, name), exist_ok=True)
         self.flags = ["--root", os.path.join(self.base, "root"), "--runroot", os.path.join(self.base, "runroot"),
                       "--tmpdir", os.path.join(self.base, "tmp"), "--storage-driver", "vfs",
                       "--cgroup-manager", "cgroupfs", "--events-backend", "file",
@@ -280,6 +289,13 @@ class Podman(object):
         if self.etc_containers is not None:
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                        'mount --bind "$0" /etc/containers && exec "$@"', self.etc_containers] + command
+        if self.etc_cdi is not None:
+            script = ('set -e; if [ ! -d /etc/cdi ]; then '
+                      'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-upper,workdir=$1/etc-work" /etc; '
+                      'mkdir -p /etc/cdi; fi; mount --bind "$2" /etc/cdi; '
+                      'if [ -d /run/cdi ]; then mount -t tmpfs tmpfs /run/cdi; fi; shift 2; exec "$@"')
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", self.base,
+                       self.etc_cdi] + command
         return subprocess.run(command, env=self.env, **kwargs)
 
     def run(self, *args, **kwargs):

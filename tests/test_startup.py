@@ -2,6 +2,7 @@
 and a passthrough call loads nothing it does not need. (Timings live in
 tests/benchmark.py, not here.)"""
 
+import json
 import os
 import shutil
 import subprocess
@@ -110,3 +111,32 @@ def test_the_archive_is_valid_shell(pyz):
         if path:
             result = subprocess.run([path, "-n", pyz], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             assert result.returncode == 0, (shell, result.stderr)
+
+
+def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz, tmp_path):
+    """CDI settings cost nothing until a container asks for a device: the
+    spec directory (whose broken file would be warned about) is not read,
+    and no module is imported beyond those of the same create without them."""
+    cdi = tmp_path / "cdi"
+    cdi.mkdir()
+    (cdi / "broken.json").write_text("{")
+    loaded, errors = {}, {}
+    for name, cdi_settings in (("without", {}), ("with", {"cdi-spec-dirs": [str(cdi)], "cdi-env": "CDI_DEVICES"}),
+                               ("asking", {"cdi-spec-dirs": [str(cdi)]})):
+        config = tmp_path / (name + ".json")
+        config.write_text(json.dumps(dict({"version": 1, "runtime-path": "/bin/true", "env": ["A=1"]}, **cdi_settings)))
+        config.chmod(0o644)
+        bundle = tmp_path / name
+        bundle.mkdir()
+        annotations = {"cdi.k8s.io/x": "example.com/dev=zero"} if name == "asking" else {"other": "x"}
+        (bundle / "config.json").write_text(json.dumps({"process": {"env": ["CDI_DEVICES="]}, "mounts": [],
+                                                        "annotations": annotations}))
+        out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, pyz, "create", "--bundle", str(bundle), "x"],
+                             env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=str(config)), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True)
+        loaded[name] = set(out.stdout.splitlines()[-1].split()) if out.stdout.strip() else None
+        errors[name] = out.stderr
+    assert loaded["with"] == loaded["without"] and errors["with"] == errors["without"] == ""
+    # Asked for, the device is looked for: the broken file is read (and named), the device not found.
+    assert "cdi spec %s: skipped" % (cdi / "broken.json") in errors["asking"]
+    assert "CDI device example.com/dev=zero: not found" in errors["asking"]
