@@ -829,11 +829,11 @@ def _read_rules(data, where, path, fail, complete=True):
         fail(where, "expected a list of rules")
     rules = []
     names = set()
+    allowed = {"name", "when", "mode"} | {a.key for a in ACTIONS}
     for index, item in enumerate(data):
         here = "%s[%d]" % (where, index)
         if not isinstance(item, dict):
             fail(here, "expected an object")
-        allowed = {"name", "when", "mode"} | {a.key for a in ACTIONS}
         _no_unknown_keys(item, allowed, here + ".", fail)
         # A preset rule is named after its level unless it has a name.
         name = item.get("name", item["preset"] if item.get("preset") in PRESET_LEVELS else here)
@@ -1665,7 +1665,7 @@ CONDITION_HELP = (
                      "(CAP_ optional, any case; rules only)."),
     ("hostNamespaces", "[TYPE, ...]: the container shares one of these namespaces (pid, network, ipc, "
                        "uts, user, cgroup, mount) with the host: the config has none of that type, or "
-                       "joins the runtime's own by path (rules only)."),
+                       "joins by path the runtime's own, or one it cannot look at (rules only)."),
     ("privileged", "true: the config is what --privileged writes (Docker, Podman, containerd): it "
                    "holds CAP_SYS_ADMIN and may use every device. false: any other config (rules only)."),
     ("rootUser", "true: the process runs as uid 0 and no user namespace maps it to another host uid. "
@@ -1892,22 +1892,24 @@ ENGINE_INIT_DESTINATIONS = ("/sbin/docker-init", "/run/podman-init")
 _capability_table = None
 
 
-def capability_names():
-    """Every capability the kernel knows, as the runtimes spell them (CAP_X)."""
+def _capabilities():
+    """{X and CAP_X: CAP_X} for every capability the kernel knows."""
     global _capability_table
     if _capability_table is None:
-        _capability_table = frozenset("CAP_" + name for name in _CAPABILITY_NAMES.split())
+        _capability_table = {}
+        for name in _CAPABILITY_NAMES.split():
+            _capability_table[name] = _capability_table["CAP_" + name] = "CAP_" + name
     return _capability_table
+
+
+def capability_names():
+    """Every capability the kernel knows, as the runtimes spell them (CAP_X)."""
+    return frozenset(_capabilities().values())
 
 
 def capability_name(text):
     """'sys_admin', 'CAP_SYS_ADMIN' -> 'CAP_SYS_ADMIN'; None for no capability."""
-    if not isinstance(text, str):
-        return None
-    name = text.upper()
-    if not name.startswith("CAP_"):
-        name = "CAP_" + name
-    return name if name in capability_names() else None
+    return _capabilities().get(text.upper()) if isinstance(text, str) else None
 
 
 class GuardrailState(object):
@@ -1922,11 +1924,26 @@ class GuardrailState(object):
         self.findings = {}          # rule name -> the findings of its preset
         self.notes = []             # RuleNote of each warn or audit rule that would act
         self._cache = {}
+        self._spec, self._spec_facts = None, {}
 
     def cached(self, key, make):
+        """A fact of the host (or of a path on it), looked up once."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
+
+    def of_spec(self, spec, key, make):
+        """A fact of this config, found once while the rules are matched
+        against the config as the engine wrote it (forget_spec ends that:
+        the edits change the config)."""
+        if self._spec is not spec:
+            self._spec, self._spec_facts = spec, {}
+        if key not in self._spec_facts:
+            self._spec_facts[key] = make()
+        return self._spec_facts[key]
+
+    def forget_spec(self):
+        self._spec, self._spec_facts = None, {}
 
 
 def guardrail_state(context):
@@ -1952,7 +1969,7 @@ def parse_guard_conditions(data, compile_now=True):
                 for index, path in enumerate(value):
                     if not path.startswith("/") or "\0" in path:
                         raise PathError("[%d]" % index, "expected an absolute path, found %s" % _json_text(path))
-                value = [_clean_path(path) for path in value]
+                value = [_join_path("", path) for path in value]       # cleaned without importing os
             elif key == "capabilities":
                 if not isinstance(raw, list) or not raw:
                     raise ValueError("expected a non-empty list of capabilities")
@@ -1995,17 +2012,17 @@ def guards_match(guards, spec, context=None):
             if not any(reaches(bind, host_path(path, state)) for path in value for bind in binds):
                 return False
         elif key == "capabilities":
-            if not container_capabilities(spec) & value:
+            if not held_capabilities(spec, state) & value:
                 return False
         elif key == "hostNamespaces":
             shared = host_namespaces(spec, state)
             if not any(kind in shared for kind in value):
                 return False
         elif key == "privileged":
-            if is_privileged(spec) != value:
+            if is_privileged(spec, state) != value:
                 return False
         elif key == "rootUser":
-            if runs_as_root(spec) != value:
+            if state.of_spec(spec, "root", lambda: runs_as_root(spec)) != value:
                 return False
         elif key == "unconfined":
             if not unconfined_kinds(spec, state, value):
@@ -2048,6 +2065,10 @@ def container_capabilities(spec):
     return held
 
 
+def held_capabilities(spec, state):
+    return state.of_spec(spec, "capabilities", lambda: container_capabilities(spec))
+
+
 def _file_identity(path):
     """(device, inode) of what path leads to, or None."""
     try:
@@ -2061,7 +2082,11 @@ def host_namespaces(spec, state):
     """The namespace types the container shares with the host: the config
     has none of that type (the runtime's own is kept), or joins by path the
     namespace the runtime is in (or PID 1's): Docker's --network host is
-    such a path."""
+    such a path. A path that cannot be looked at counts as the host's."""
+    return state.of_spec(spec, "namespaces", lambda: _host_namespaces(spec, state))
+
+
+def _host_namespaces(spec, state):
     declared = {}
     for namespace in _list_at(_linux(spec), "namespaces"):
         if isinstance(namespace, dict) and isinstance(namespace.get("type"), str):
@@ -2075,7 +2100,8 @@ def host_namespaces(spec, state):
         if isinstance(path, str) and path:
             own = state.cached(("namespace", proc_name), lambda: {_file_identity("/proc/%s/ns/%s" % (pid, proc_name))
                                                                   for pid in ("self", "1")} - {None})
-            if _file_identity(path) in own:
+            identity = _file_identity(path)
+            if identity is None or identity in own:
                 shared.append(kind)
     return shared
 
@@ -2091,12 +2117,13 @@ def allows_every_device(spec):
     return False
 
 
-def is_privileged(spec):
+def is_privileged(spec, state=None):
     """What docker run --privileged, podman run --privileged and a privileged
     CRI container write, and no other container has: CAP_SYS_ADMIN and
     every device. (They also drop seccomp and the masked paths, which the
     unconfined condition sees.)"""
-    return "CAP_SYS_ADMIN" in container_capabilities(spec) and allows_every_device(spec)
+    held = held_capabilities(spec, state) if state is not None else container_capabilities(spec)
+    return "CAP_SYS_ADMIN" in held and allows_every_device(spec)
 
 
 def runs_as_root(spec):
@@ -2172,13 +2199,14 @@ def selinux_unconfined(spec, state):
 def exposed_system_paths(spec):
     """The /proc and /sys paths every engine masks (or makes read-only) that
     this config leaves as they are (docker run --security-opt
-    systempaths=unconfined, --privileged, a CRI procMount Unmasked)."""
+    systempaths=unconfined, --privileged, a CRI procMount Unmasked). A
+    path below a masked or read-only one is covered by it."""
     linux = _linux(spec)
-    masked = [p for p in _list_at(linux, "maskedPaths") if isinstance(p, str)]
-    readonly = masked + [p for p in _list_at(linux, "readonlyPaths") if isinstance(p, str)]
+    masked = set(p.rstrip("/") for p in _list_at(linux, "maskedPaths") if isinstance(p, str))
+    readonly = masked | set(p.rstrip("/") for p in _list_at(linux, "readonlyPaths") if isinstance(p, str))
 
     def covered(path, paths):
-        return any(path == p or _is_under(path, _clean_path(p)) for p in paths)
+        return any(prefix in paths for prefix in _path_chain(path)[:-1])     # the path and each parent but /
     return ([p for p in MASKED_PATHS if not covered(p, masked)]
             + [p for p in READONLY_PATHS if not covered(p, readonly)])
 
@@ -2194,7 +2222,7 @@ def unconfined_kinds(spec, state, kinds=UNCONFINED_KINDS):
         elif kind == "selinux":
             unconfined = selinux_unconfined(spec, state)
         else:
-            unconfined = bool(exposed_system_paths(spec))
+            unconfined = bool(state.of_spec(spec, "system paths", lambda: exposed_system_paths(spec)))
         if unconfined:
             found.append(kind)
     return found
@@ -2203,19 +2231,89 @@ def unconfined_kinds(spec, state, kinds=UNCONFINED_KINDS):
 class BindSource(object):
     """A bind mount of the config, its source resolved on the host."""
 
-    def __init__(self, index, mount, source, resolved):
+    def __init__(self, index, mount, source, state):
         self.index = index
         self.mount = mount
         self.source = source            # as written (a relative one joined to the bundle)
-        self.resolved = resolved        # symlinks and '..' resolved, as the mount will see it now
-        self.identity = _file_identity(source)
+        # symlinks and '..' resolved, as the mount would see it now; (device, inode) of it
+        self.resolved, self.identity = resolve_host_path(state, source)
+        self._state = state
         self._chain = None
 
     def chain(self):
         """The identities of the source and of every directory above it."""
         if self._chain is None:
-            self._chain = {_file_identity(path) for path in _path_chain(self.resolved)} - {None}
+            self._chain = _chain_identities(self._state, _path_chain(self.resolved))
         return self._chain
+
+
+def resolve_host_path(state, path):
+    """(an absolute path resolved as the kernel resolves it now, (device,
+    inode) of what it leads to, or None when it does not exist), walking it
+    one lstat a component as _untrusted_step does: symlinks followed, '..'
+    taken from what they led to. What does not exist is added as written
+    (cleaned). Each component is looked at once per call."""
+    todo = [part for part in path.split("/") if part]
+    todo.reverse()
+    current, st, links, missing = "", _lstat(state, "/"), 0, False
+    while todo:
+        name = todo.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = current.rpartition("/")[0]
+            continue
+        current += "/" + name
+        if missing:
+            continue
+        st = _lstat(state, current)
+        if st is None:
+            missing = True
+        elif (st.st_mode & _S_IFMT) == _S_IFLNK:
+            links += 1
+            target = state.cached(("readlink", current), lambda: _readlink(current)) if links <= 40 else None
+            if target is None:                          # unreadable, or a loop: as if missing
+                missing = True
+                continue
+            current = "" if target.startswith("/") else current.rpartition("/")[0]
+            todo.extend(reversed([part for part in target.split("/") if part]))
+            st = None
+            if not todo:                                # the link was the last component
+                st = _lstat(state, current or "/")
+    if missing or st is None:
+        return current or "/", None
+    return current or "/", (st.st_dev, st.st_ino)
+
+
+def _lstat(state, path):
+    def look():
+        try:
+            return os.lstat(path)
+        except (OSError, ValueError):
+            return None
+    return state.cached(("lstat", path), look)
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _chain_identities(state, paths):
+    """The identities of what these paths lead to, each looked up once per
+    call (lstat: only a symlink needs resolving)."""
+    found = set()
+    for path in paths:
+        st = _lstat(state, path)
+        if st is not None and (st.st_mode & _S_IFMT) == _S_IFLNK:
+            identity = resolve_host_path(state, path)[1]
+        else:
+            identity = (st.st_dev, st.st_ino) if st is not None else None
+        if identity is not None:
+            found.add(identity)
+    return found
 
 
 def _path_chain(path):
@@ -2227,13 +2325,6 @@ def _path_chain(path):
     return chain
 
 
-def _realpath(path):
-    try:
-        return os.path.realpath(path)
-    except (OSError, ValueError):
-        return _clean_path(path)
-
-
 def is_bind_mount(mount):
     options = mount.get("options")
     options = options if isinstance(options, list) else []
@@ -2243,9 +2334,10 @@ def is_bind_mount(mount):
 def bind_sources(spec, state):
     """The config's bind mounts with their sources resolved on the host (a
     relative source is relative to the bundle, as runc and crun read it)."""
-    cached = state._cache.get("binds")
-    if cached is not None and cached[0] is spec:
-        return cached[1]
+    return state.of_spec(spec, "binds", lambda: _bind_sources(spec, state))
+
+
+def _bind_sources(spec, state):
     binds = []
     mounts = spec.get("mounts")
     for index, mount in enumerate(mounts if isinstance(mounts, list) else []):
@@ -2256,8 +2348,7 @@ def bind_sources(spec, state):
             continue
         if not source.startswith("/"):
             source = os.path.join(state.bundle or os.getcwd(), source)
-        binds.append(BindSource(index, mount, source, _realpath(source)))
-    state._cache["binds"] = (spec, binds)
+        binds.append(BindSource(index, mount, source, state))
     return binds
 
 
@@ -2265,15 +2356,16 @@ class HostPath(object):
     """A host path a rule names: as written (cleaned) and resolved, with
     the identities of it and of every directory above it."""
 
-    def __init__(self, path):
+    def __init__(self, path, state):
         self.literal = path
-        self.resolved = _realpath(path)
-        self.identity = _file_identity(path)
-        self.chain = {_file_identity(p) for p in _path_chain(self.literal) + _path_chain(self.resolved)} - {None}
+        self.resolved, self.identity = resolve_host_path(state, path)
+        paths = _path_chain(self.literal)
+        paths += [p for p in _path_chain(self.resolved) if p not in paths]
+        self.chain = _chain_identities(state, paths)
 
 
 def host_path(path, state):
-    return state.cached(("host path", path), lambda: HostPath(path))
+    return state.cached(("host path", path), lambda: HostPath(path, state))
 
 
 def _same_or_under(path, parent):
@@ -2369,16 +2461,16 @@ def preset_levels():
                        for bind in bind_sources(spec, state) if not engine_managed(bind, spec, state)])
 
     def root(spec, state):
-        return "uid 0" if runs_as_root(spec) else None
+        return "uid 0" if state.of_spec(spec, "root", lambda: runs_as_root(spec)) else None
 
     baseline = [
         PresetControl("host-namespaces", lambda spec, state: _found(
             [k for k in host_namespaces(spec, state) if k in ("pid", "network", "ipc", "uts")]),
             "no pid, network, ipc or uts namespace shared with the host.",
             "--pid host, --network host, --ipc host, --uts host"),
-        PresetControl("privileged", lambda spec, state: "privileged" if is_privileged(spec) else None,
+        PresetControl("privileged", lambda spec, state: "privileged" if is_privileged(spec, state) else None,
                       "not privileged (CAP_SYS_ADMIN and every device).", "--privileged"),
-        PresetControl("capabilities", lambda spec, state: _found(sorted(container_capabilities(spec) - baseline_caps)),
+        PresetControl("capabilities", lambda spec, state: _found(sorted(held_capabilities(spec, state) - baseline_caps)),
                       "no capability beyond the baseline set: AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, "
                       "FSETID, KILL, MKNOD, NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT, "
                       "and NET_RAW, which every engine grants by default.", "--cap-add SYS_ADMIN"),
@@ -2386,7 +2478,8 @@ def preset_levels():
                       "no bind mount of a host path; the engine's own files of the container or its pod, "
                       "named volumes (.../volumes/NAME/_data) and the --init program are not host paths.",
                       "-v /srv:/srv, --mount type=bind,..."),
-        PresetControl("proc-mount", lambda spec, state: _found(exposed_system_paths(spec)),
+        PresetControl("proc-mount", lambda spec, state: _found(state.of_spec(spec, "system paths",
+                                                                             lambda: exposed_system_paths(spec))),
                       "the /proc and /sys paths engines mask or make read-only stay so.",
                       "--security-opt systempaths=unconfined"),
         PresetControl("apparmor", lambda spec, state: "unconfined" if apparmor_unconfined(spec, state) else None,
@@ -2404,7 +2497,7 @@ def preset_levels():
     ]
     restricted = [c for c in baseline if c.name not in ("capabilities", "seccomp")] + [
         PresetControl("capabilities", lambda spec, state: _found(
-            sorted(container_capabilities(spec) - {"CAP_NET_BIND_SERVICE"})),
+            sorted(held_capabilities(spec, state) - {"CAP_NET_BIND_SERVICE"})),
             "no capability but NET_BIND_SERVICE (drop ALL).", "no --cap-drop ALL"),
         PresetControl("seccomp", lambda spec, state: None if (
             not seccomp_unconfined(spec) and _linux(spec)["seccomp"].get("defaultAction")
@@ -3173,15 +3266,17 @@ def edit_preset(spec, level, context):
 
 
 def edit_capabilities(spec, value):
-    """capabilities: remove the dropped ones (all with "ALL") and, when
-    `allow` is given, every one it does not list, from all five sets.
-    Never adds one."""
+    """capabilities: remove from all five sets the dropped ones ("ALL":
+    every one) and, when `allow` is given, every one it does not list (an
+    allowed one is never dropped). Never adds one."""
     drop = set(value.get("drop", ()))
     allow = set(value["allow"]) if "allow" in value else None
 
     def removed(item):
-        name = capability_name(item) or (item.upper() if isinstance(item, str) else item)
-        return "ALL" in drop or name in drop or (allow is not None and name not in allow)
+        name = capability_name(item) or item.upper()
+        if allow is not None:
+            return name not in allow
+        return "ALL" in drop or name in drop
     process = spec.get("process")
     if not isinstance(process, dict) or process.get("capabilities") is None:
         return []
@@ -3197,7 +3292,7 @@ def edit_capabilities(spec, value):
             raise InterceptorError("process.capabilities.%s is not a list of strings" % key)
         gone = [item for item in items if removed(item)]
         if gone:
-            caps[key] = [item for item in items if not removed(item)]
+            caps[key] = [item for item in items if item not in gone]
             changes.append("process.capabilities.%s: removed %s" % (key, ", ".join(gone)))
     return changes
 
@@ -3417,6 +3512,8 @@ def matching_rules(spec, policy, context=None):
             if not findings:
                 continue
         matched.append(rule)
+    if context.guardrails is not None:
+        context.guardrails.forget_spec()
     return matched
 
 
@@ -3474,7 +3571,8 @@ def rehearse_rule(spec, rule, context):
     """A rule in warn or audit mode: apply it to a copy, with a copy of the
     context (a runtime-path it names is not taken), and note what it would
     have done, if anything."""
-    trial = _copy_json(spec)
+    # deny and preset only judge: no copy is needed for a rule of only those.
+    trial = spec if all(key in ("deny", "preset") for key in rule.actions) else _copy_json(spec)
     shadow = EditContext.__new__(EditContext)
     shadow.__dict__.update(context.__dict__)
     refusal, changes = None, []
