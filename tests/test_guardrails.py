@@ -966,3 +966,25 @@ def test_50_real_containers_audited_at_once(pyz, runtime, bundle_factory, tmp_pa
         if line["verdict"] == "denied":
             assert line["message"] == "denied by rule no-host-pid: the host's PIDs stay the host's"
         assert line["root"] == runtime.root and line["command"] == "run"
+
+
+def test_the_readme_example_does_what_the_readme_says(tmp_path):
+    from test_readme import json_blocks_after
+    (example,) = json_blocks_after("## Guardrails")
+    policy = load(tmp_path, example)
+    assert [(r.name, r.mode) for r in policy.rules] == [
+        ("no-docker-socket", "enforce"), ("baseline", "enforce"), ("restricted", "warn"), ("clamp", "enforce")]
+    assert policy.audit_log == "/var/log/oci-interceptor/audit.log"
+    for source in ("/var/run", "/", "/run/docker.sock"):
+        spec = docker_spec(b=bind(source))
+        ctx = context()
+        with pytest.raises(oi.Denied) as info:
+            oi.apply_rules(spec, oi.matching_rules(spec, policy, ctx), ctx)
+        assert str(info.value) == ("denied by rule no-docker-socket: the Docker socket gives root on the host: ask "
+                                   "for a build service instead")
+    spec = docker_spec(l=lambda s: s["linux"]["resources"].update(pids={"limit": 5000}))
+    ctx = context()
+    oi.apply_rules(spec, oi.matching_rules(spec, policy, ctx), ctx)
+    assert spec["linux"]["resources"]["pids"] == {"limit": 1024}
+    assert "CAP_NET_RAW" not in spec["process"]["capabilities"]["effective"]
+    assert [n.rule.name for n in oi.guardrail_state(ctx).notes] == ["restricted"]
