@@ -50,9 +50,10 @@ import build_zipapp  # noqa: E402
 PYTHON = "/usr/bin/python3"
 
 
-def spawn(argv, env=None, before=None):
+def spawn(argv, env=None, before=None, cpu=None):
     """Run argv with stdio on /dev/null; return (seconds, max RSS in KiB, which
-    for a child of this process is not argv's own: see peak_rss_kib)."""
+    for a child of this process is not argv's own: see peak_rss_kib). cpu, if
+    a list, receives the CPU seconds (user + system) argv used."""
     if before:
         before()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -65,6 +66,8 @@ def spawn(argv, env=None, before=None):
     os.close(devnull)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError("failed: %s" % " ".join(argv))
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     return elapsed, usage.ru_maxrss
 
 
@@ -83,16 +86,18 @@ def peak_rss_kib(argv, before=None, runs=3):
     return peak
 
 
-def alternate(sides, pairs, before=None, rounds=None):
+def alternate(sides, pairs, before=None, rounds=None, cpu=None):
     """{name: argv}: run each side once per round, order rotating; medians.
-    rounds, if a list, receives each round's {name: seconds}."""
+    rounds, if a list, receives each round's {name: seconds}; cpu, if a
+    dict, each side's CPU seconds of every round."""
     names = list(sides)
     times = {name: [] for name in names}
     rss = {name: [] for name in names}
     for round_ in range(pairs):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
-            seconds, kib = spawn(sides[name], before=before.get(name) if before else None)
+            seconds, kib = spawn(sides[name], before=before.get(name) if before else None,
+                                 cpu=cpu.setdefault(name, []) if cpu is not None else None)
             times[name].append(seconds)
             rss[name].append(kib)
         if rounds is not None:
@@ -278,14 +283,21 @@ def main():
             probe = subprocess.run(sides["guarded"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if probe.returncode != 0:
                 raise RuntimeError("the guarded create failed: " + probe.stderr.decode())
-            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides})
+            cpu = {}
+            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides}, cpu=cpu)
             results["f"] = {name: medians[name] for name in sides}
             results["f"]["added"] = medians["guarded"] - medians["plain"]
             results["f"]["added_with_audit_log"] = medians["audited"] - medians["plain"]
+            # CPU time (user + system) is less moved by the machine's other load than wall time.
+            cpu_added = statistics.median(g - p for g, p in zip(cpu["guarded"], cpu["plain"]))
+            cpu_audited = statistics.median(a - p for a, p in zip(cpu["audited"], cpu["plain"]))
+            results["f"].update(cpu_plain=statistics.median(cpu["plain"]), cpu_added=cpu_added,
+                                cpu_added_with_audit_log=cpu_audited)
             print("(f) create with 20 guardrail rules: %s, without: %s -> %s added (target <= 1 ms); with an audit "
-                  "log too: %s (%s added)" % (ms(medians["guarded"]), ms(medians["plain"]),
-                                             ms(results["f"]["added"]), ms(medians["audited"]),
-                                             ms(results["f"]["added_with_audit_log"])))
+                  "log too: %s (%s added); CPU time %s without, median of paired differences %s added (%s with "
+                  "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(results["f"]["added"]),
+                                      ms(medians["audited"]), ms(results["f"]["added_with_audit_log"]),
+                                      ms(results["f"]["cpu_plain"]), ms(cpu_added), ms(cpu_audited)))
 
             # (c) scale
             base = json.loads(pristine.decode())

@@ -714,6 +714,22 @@ def test_help_lists_the_guardrails(pyz):
             assert "        %s: " % control.name in presets
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_lifecycle_calls_under_a_guardrail_policy_keep_the_fast_path(pyz, fake, tmp_path):
+    """start, state, delete... never depend on the guardrails: they go to the
+    runtime, audit nothing, and are recorded for the shell fast path."""
+    config = write_json(tmp_path / "policy.json", {"version": 1, "runtime-path": fake.runtime, "audit-log": "audit.log",
+                                                   "rules": [{"preset": "baseline"},
+                                                             {"name": "x", "when": {"privileged": True}, "deny": "no"}]})
+    state = tmp_path / "state"
+    result = run([pyz], ["--root", "/r", "state", "c"], fake,
+                 env={"OCI_INTERCEPTOR_CONFIG": config, "OCI_INTERCEPTOR_STATE_DIR": str(state)})
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert fake.args() == [b"--root", b"/r", b"state", b"c"]
+    assert os.path.exists(str(state / ("passthrough-" + os.path.basename(pyz))))
+    assert not (tmp_path / "audit.log").exists()
+
+
 # --- the audit log ----------------------------------------------------------------------
 
 def audit_lines(path):
