@@ -11,13 +11,18 @@ The file reads top to bottom like the call it handles:
   1. Command line    our --oi-* flags, split from the runtime's own arguments
   2. Policy          config file, profiles, hook files -> a list of rules
   3. Runtime call    which subcommand, which bundle, which log file
-  4. Conditions      when a rule applies (OCI hooks 1.0.0 `when`, and more)
-  5. Edits           small functions over the spec dict, run as a pipeline
+  4. Conditions      when a rule applies (OCI hooks 1.0.0 `when`, and more);
+                     guardrail conditions (host paths, capabilities, host
+                     namespaces, ...) and the preset levels baseline and
+                     restricted
+  5. Edits           small functions over the spec dict, run as a pipeline;
+                     guardrail actions (deny, clamps) and rule modes
   5a. Devices (CDI)  spec files read when a device is asked for; their edits
   6. JSON            raw parsing and writing, equality, pointers
   7. Bundle I/O      read, edit, write atomically
   8. Records         which runtime (and mode) each container was created with
-  9. Reporting       errors to stderr and the runtime's --log; debug output
+  9. Reporting       errors to stderr and the runtime's --log; debug output;
+                     the audit log
  10. Exec and main   lifecycle calls, dry run, config check, exec
 
 Standard library only, valid Python 3.6 and newer. Modules that a plain
@@ -215,6 +220,13 @@ FLAGS = (
     Flag("--oi-debug-output-dir", "value", "debug_output_dir", metavar="DIR",
          key="debug-output-dir", check=_check_not_empty,
          help="Where debug output goes (default: %s)." % DEFAULT_DEBUG_DIR),
+    Flag("--oi-audit-log", "value", "audit_log", metavar="PATH", key="audit-log", check=_check_not_empty,
+         passthrough="ignored",
+         help="Append one JSON line per create, run and restore to this file (0600, created if "
+              "missing), or send it to syslog (/dev/log, tag oci-interceptor) with the value "
+              "'syslog': time, container id, runtime root, bundle, the rules that matched with "
+              "their mode, each change, the verdict (allowed, changed, denied, error) and the "
+              "message of a refusal. A log that cannot be written is a warning."),
     Flag("--oi-dry-run", "switch", "dry_run",
          help="Print what this call would do (the rules that match, a diff of "
               "config.json, the runtime command) and change and run nothing."),
@@ -433,6 +445,15 @@ def help_text():
         lines.extend(_wrap(text, "        "))
     lines += [
         "",
+        "guardrail presets (\"preset\" in a rule; levels named like Kubernetes' Pod",
+        "Security Standards, judged on the config as the engine wrote it):",
+    ]
+    for level, controls in preset_levels():
+        lines.append("  \"%s\"" % level)
+        for control in controls:
+            lines.extend(_wrap("%s: %s" % (control.name, control.help), "        "))
+    lines += [
+        "",
         "examples:",
         "  %s --oi-readonly-networking-mounts --oi-env TZ=UTC \\" % PROG,
         "      --root /run/runc create --bundle /path/to/bundle mycontainer",
@@ -477,11 +498,12 @@ def _wrap(text, indent, width=78):
 
 
 class Rule(object):
-    def __init__(self, name, when, actions, source):
+    def __init__(self, name, when, actions, source, mode="enforce"):
         self.name = name
         self.when = when            # a Condition, or None: always
         self.actions = actions      # {action key: validated value}
         self.source = source        # where it was defined, for messages
+        self.mode = mode            # enforce, warn or audit (see RULE_MODES)
 
 
 class Policy(object):
@@ -500,6 +522,7 @@ class Policy(object):
         self.cdi_spec_dirs = list(CDI_SPEC_DIRS)
         self.cdi_annotations = True     # containers may ask for CDI devices by cdi.k8s.io/* annotations
         self.cdi_env = None             # ... and by this env variable's value
+        self.audit_log = None       # a file, "syslog", or None
 
     @property
     def uses_systemd(self):
@@ -543,6 +566,7 @@ def load_policy(opts, argv0, complete=True):
     policy.cdi_spec_dirs = settings.get("cdi-spec-dirs", list(CDI_SPEC_DIRS))
     policy.cdi_annotations = settings.get("cdi-annotations", True)
     policy.cdi_env = settings.get("cdi-env") or None
+    policy.audit_log = settings.get("audit-log")
 
     global_actions = {}
     for key in ("env", "env-force", "readonly-networking-mounts"):
@@ -749,7 +773,14 @@ def _merge_env(earlier, later):
 
 # Settings that name files: relative ones in a config file are relative to
 # the file's directory (the runtime's working directory is the bundle).
-_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path", "cdi-spec-dirs")
+_PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-path", "cdi-spec-dirs",
+                  "audit-log")
+
+
+def _is_name_not_path(key, item):
+    """A runtime-path without a slash is looked up on PATH; an audit-log
+    of "syslog" means syslog: neither is a file relative to anything."""
+    return (key == "runtime-path" and "/" not in item) or (key == "audit-log" and item == AUDIT_SYSLOG)
 
 
 def _resolve_relative_paths(settings, config_path):
@@ -761,14 +792,14 @@ def _resolve_relative_paths(settings, config_path):
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
-        if all(item.startswith("/") or (key == "runtime-path" and "/" not in item) for item in values):
+        if all(item.startswith("/") or _is_name_not_path(key, item) for item in values):
             continue
         if directory is None:
             directory = config_path.rpartition("/")[0] if "/" in config_path else "."
             if not config_path.startswith("/"):
                 directory = posix.getcwd() + "/" + directory
             directory = directory or "/"
-        resolved = [item if item.startswith("/") or (key == "runtime-path" and "/" not in item)
+        resolved = [item if item.startswith("/") or _is_name_not_path(key, item)
                     else _join_path(directory, item) for item in values]
         settings[key] = resolved if isinstance(value, list) else resolved[0]
     return settings
@@ -809,13 +840,14 @@ def _read_rules(data, where, path, fail, complete=True):
         fail(where, "expected a list of rules")
     rules = []
     names = set()
+    allowed = {"name", "when", "mode"} | {a.key for a in ACTIONS}
     for index, item in enumerate(data):
         here = "%s[%d]" % (where, index)
         if not isinstance(item, dict):
             fail(here, "expected an object")
-        allowed = {"name", "when"} | {a.key for a in ACTIONS}
         _no_unknown_keys(item, allowed, here + ".", fail)
-        name = item.get("name", here)
+        # A preset rule is named after its level unless it has a name.
+        name = item.get("name", item["preset"] if item.get("preset") in PRESET_LEVELS else here)
         if not isinstance(name, str) or not name:
             fail(here + ".name", "expected a non-empty string")
         if name in names:
@@ -836,8 +868,14 @@ def _read_rules(data, where, path, fail, complete=True):
                     fail(here + "." + action.key + _subpath(exc), _message(exc))
         if not actions:
             fail(here, "the rule has no action")
+        mode = item.get("mode", "enforce")
+        if mode not in RULE_MODES:
+            fail(here + ".mode", "expected one of %s, found %s" % (", ".join(RULE_MODES), _json_text(mode)))
+        if "preset" in actions and len(actions) > 1:
+            fail(here, "a preset rule has no other action (it judges the config as the engine "
+                       "wrote it; put clamps in a rule of their own)")
         _resolve_relative_paths(actions, path)          # a rule's runtime-path
-        rules.append(Rule(name, when, actions, "%s %s" % (path, here)))
+        rules.append(Rule(name, when, actions, "%s %s" % (path, here), mode))
     return rules
 
 
@@ -960,6 +998,7 @@ _SETTING_KEYS = {
     "cdi-spec-dirs": (_valid_path_list, "value"),
     "cdi-annotations": (_valid_bool, "value"),
     "cdi-env": (_valid_cdi_env, "value"),
+    "audit-log": (_valid_nonempty_string, "value"),
 }
 
 
@@ -1094,6 +1133,105 @@ def _valid_json_patch(value):
             raise PathError(where, "%s needs a value" % kind)
         if kind == "move" and (op["path"] + "/").startswith(op["from"] + "/") and op["path"] != op["from"]:
             raise PathError(where, "cannot move a value into itself")
+    return value
+
+
+# Guardrail rules: a rule's mode, and the values of the guardrail actions
+# (section 5) and of the preset levels (section 4). Only the names live here;
+# the tables behind them are built on first use.
+
+RULE_MODES = ("enforce", "warn", "audit")
+PRESET_LEVELS = ("baseline", "restricted")
+AUDIT_SYSLOG = "syslog"
+
+
+def _valid_deny(value):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected the message to show (a non-empty string), found %s" % _json_text(value))
+    return value
+
+
+def _valid_preset(value):
+    if value not in PRESET_LEVELS:
+        raise ValueError("expected one of %s, found %s" % (", ".join(PRESET_LEVELS), _json_text(value)))
+    return value
+
+
+def _valid_capability_list(value, allow_all=False):
+    """[CAP, ...] -> the same names as the runtimes spell them (CAP_X);
+    "CAP_" is optional and case does not matter."""
+    _valid_string_list(value)
+    names = []
+    for index, item in enumerate(value):
+        if allow_all and item.upper() == "ALL":
+            names.append("ALL")
+            continue
+        name = capability_name(item)
+        if name is None:
+            raise PathError("[%d]" % index, "unknown capability %s (see capabilities(7))" % _json_text(item))
+        names.append(name)
+    return names
+
+
+def _valid_capabilities_action(value):
+    """{"drop": [CAP|"ALL", ...], "allow": [CAP, ...]}"""
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected {\"drop\": [CAP or \"ALL\", ...], \"allow\": [CAP, ...]}, found %s"
+                         % _json_text(value))
+    result = {}
+    for key in value:
+        if key not in ("drop", "allow"):
+            raise PathError("." + key, "unknown key (allowed: allow, drop)")
+        try:
+            result[key] = _valid_capability_list(value[key], allow_all=key == "drop")
+        except ValueError as exc:
+            raise _at("." + key, exc)
+    both = set(result.get("drop", ())) & set(result.get("allow", ()))
+    if both:
+        raise PathError(".allow", "%s both dropped and allowed" % ", ".join(sorted(both)))
+    return result
+
+
+_BYTE_SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value):
+    """512m, 1.5g, 1048576 (bytes; k, m, g, t as 1024-based, as Docker
+    reads them) -> an int, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    suffix = text[-1:] if text[-1:] in _BYTE_SUFFIXES else ""
+    number = text[:len(text) - len(suffix)]
+    if not number or not all(c.isdigit() or c == "." for c in number) or number.count(".") > 1 or number == ".":
+        return None
+    result = int(float(number) * _BYTE_SUFFIXES[suffix])
+    return result if result > 0 else None
+
+
+def _valid_limits(value):
+    """{"pids": N, "memory": BYTES, "cpus": N}: ceilings."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected {\"pids\": N, \"memory\": \"512m\", \"cpus\": 1.5}, found %s"
+                         % _json_text(value))
+    for key, item in value.items():
+        if key == "pids":
+            if isinstance(item, bool) or not isinstance(item, int) or item <= 0:
+                raise PathError(".pids", "expected a whole number > 0, found %s" % _json_text(item))
+        elif key == "memory":
+            if parse_bytes(item) is None:
+                raise PathError(".memory", "expected bytes > 0, as a number or with a k, m or g suffix "
+                                           "(\"512m\"), found %s" % _json_text(item))
+        elif key == "cpus":
+            cpus = json_float(item)
+            if cpus is None or not cpus >= 0.01 or cpus > 1e6:
+                raise PathError(".cpus", "expected a number of CPUs, at least 0.01, found %s" % _json_text(item))
+        else:
+            raise PathError("." + key, "unknown key (allowed: cpus, memory, pids)")
     return value
 
 
@@ -1557,10 +1695,31 @@ CONDITION_HELP = (
     ("hostname", "REGEX: matches the container's hostname (rules only, not hook files)."),
     ("env", "{NAME: VALUE_REGEX, ...}: the container has every NAME with a matching value "
             "(rules only)."),
+    ("hostPaths", "[PATH, ...]: a bind mount lets the container reach one of these host paths: its "
+                  "source, resolved on the host when the container is created (symlinks, '..', other "
+                  "names of the same file or directory), is the path, lies inside it, or is a "
+                  "directory above it (rules only)."),
+    ("capabilities", "[CAP, ...]: the container holds one of them in any of its five capability sets "
+                     "(CAP_ optional, any case; rules only)."),
+    ("hostNamespaces", "[TYPE, ...]: the container shares one of these namespaces (pid, network, ipc, "
+                       "uts, user, cgroup, mount) with the host: the config has none of that type, or "
+                       "joins by path the runtime's own, or one it cannot look at (rules only)."),
+    ("privileged", "true: the config is what --privileged writes (Docker, Podman, containerd): it "
+                   "holds CAP_SYS_ADMIN and may use every device. false: any other config (rules only)."),
+    ("rootUser", "true: the process runs as uid 0 and no user namespace maps it to another host uid. "
+                 "false: the opposite (rules only)."),
+    ("unconfined", "[KIND, ...]: seccomp (no profile, or one that allows every syscall), apparmor "
+                   "(profile unconfined, or none on a host that runs AppArmor), selinux (no label, or "
+                   "a type that is not a container type, on a host that runs SELinux), systempaths "
+                   "(the /proc and /sys paths engines mask or make read-only are not) (rules only)."),
+    ("not", "{...}: the conditions in it do not all match (rules only)."),
+    ("anyOf", "[{...}, ...]: at least one of these condition objects matches (rules only)."),
 )
 
 _STANDARD_CONDITIONS = ("always", "annotations", "commands", "hasBindMounts")
-_EXTENDED_CONDITIONS = _STANDARD_CONDITIONS + ("hostname", "env")
+_GUARDRAIL_CONDITIONS = ("hostPaths", "capabilities", "hostNamespaces", "privileged", "rootUser",
+                         "unconfined", "not", "anyOf")
+_EXTENDED_CONDITIONS = _STANDARD_CONDITIONS + ("hostname", "env") + _GUARDRAIL_CONDITIONS
 
 ENGINE_BIND_MOUNTS = frozenset((
     "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm", "/run/.containerenv",
@@ -1576,6 +1735,7 @@ class Condition(object):
         self.has_bind_mounts = None
         self.hostname = None        # regex
         self.env = []               # [(name, value regex)]
+        self.guards = None          # [(key, value)] of guardrail conditions (parse_guard_conditions)
 
 
 def _compile(pattern, where, compile_now=True):
@@ -1639,10 +1799,14 @@ def parse_condition(data, extended, compile_now=True):
         cond.commands = [_compile(p, ".commands[%d]" % i, compile_now) for i, p in enumerate(commands)]
     if "hostname" in data:
         cond.hostname = _compile(data["hostname"], ".hostname", compile_now)
+    if extended and any(key in data for key in _GUARDRAIL_CONDITIONS):
+        cond.guards = parse_guard_conditions(data, compile_now)
     return cond
 
 
-def condition_matches(cond, spec):
+def condition_matches(cond, spec, context=None):
+    """Does the config match? context: the call's EditContext (guardrail
+    conditions look at the host through it, once per call)."""
     if cond is None:
         return True
     if cond.always is False:
@@ -1669,6 +1833,8 @@ def condition_matches(cond, spec):
         for name, value_re in cond.env:
             if name not in env or not value_re.search(env[name]):
                 return False
+    if cond.guards is not None and not guards_match(cond.guards, spec, context):
+        return False
     return True
 
 
@@ -1714,6 +1880,689 @@ def env_values(env):
             else:
                 values.pop(name, None)
     return values
+
+
+# ---------------------------------------------------------------------------
+# 4b. Guardrail conditions and the preset levels
+# ---------------------------------------------------------------------------
+#
+# What a container can reach of the host, read from its config: host paths
+# through bind mounts (resolved on the host), capabilities, namespaces shared
+# with the host, privileged mode, root, and what confines it (seccomp,
+# AppArmor, SELinux, the masked /proc and /sys paths). The preset levels are
+# sets of such checks, named like Kubernetes' Pod Security Standards. Like
+# every condition they judge the config as the engine wrote it.
+#
+# A policy without guardrails never runs any of this: the tables are made on
+# first use, and what a guardrail learns of the host (its namespaces,
+# security modules, resolved paths) is looked up once per call.
+#
+# Host paths are resolved when the container is created. A source someone
+# can change between this check and the runtime's mount (a directory inside
+# a volume another running container writes, swapped for a symlink) may then
+# lead elsewhere: the check is at create time, not at mount time.
+
+_CAPABILITY_NAMES = (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+    "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
+    "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE "
+    "AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ "
+    "PERFMON BPF CHECKPOINT_RESTORE")      # capabilities(7), in number order (0 to 40)
+CAPABILITY_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+# The namespace types of the OCI config, and their names under /proc/PID/ns.
+NAMESPACE_TYPES = (("pid", "pid"), ("network", "net"), ("ipc", "ipc"), ("uts", "uts"), ("user", "user"),
+                   ("cgroup", "cgroup"), ("mount", "mnt"))
+UNCONFINED_KINDS = ("seccomp", "apparmor", "selinux", "systempaths")
+# What Docker, Podman, containerd and `runc spec` all mask, and all make
+# read-only (a masked path counts as read-only too).
+MASKED_PATHS = ("/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+CONTAINER_SELINUX_TYPES = ("container_t", "container_init_t", "container_kvm_t", "container_engine_t",
+                           "svirt_lxc_net_t")
+PERMISSIVE_SECCOMP_ACTIONS = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")
+# Annotations the CRI plugin writes (a pod cannot set them) naming the pod
+# the container belongs to; its files live in directories named by them.
+CRI_OWN_ID_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.kubernetes.cri.sandbox-uid")
+# Where engines bind their init program (docker run --init, podman run --init).
+ENGINE_INIT_DESTINATIONS = ("/sbin/docker-init", "/run/podman-init")
+
+_capability_table = None
+
+
+def _capabilities():
+    """{X and CAP_X: CAP_X} for every capability the kernel knows."""
+    global _capability_table
+    if _capability_table is None:
+        _capability_table = {}
+        for name in _CAPABILITY_NAMES.split():
+            _capability_table[name] = _capability_table["CAP_" + name] = "CAP_" + name
+    return _capability_table
+
+
+def capability_names():
+    """Every capability the kernel knows, as the runtimes spell them (CAP_X)."""
+    return frozenset(_capabilities().values())
+
+
+def capability_name(text):
+    """'sys_admin', 'CAP_SYS_ADMIN' -> 'CAP_SYS_ADMIN'; None for no capability."""
+    return _capabilities().get(text.upper()) if isinstance(text, str) else None
+
+
+class GuardrailState(object):
+    """What the guardrails learn in one call, once: the host's namespaces and
+    security modules, the config's bind mounts resolved on the host, the
+    host paths rules name. And what they find: the preset findings of each
+    rule, and what each rule in warn or audit mode would have done."""
+
+    def __init__(self, bundle=None, container_id=None):
+        self.bundle = bundle
+        self.container_id = container_id
+        self.findings = {}          # rule name -> the findings of its preset
+        self.notes = []             # RuleNote of each warn or audit rule that would act
+        self._cache = {}
+        self._spec, self._spec_facts = None, {}
+
+    def cached(self, key, make):
+        """A fact of the host (or of a path on it), looked up once."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def of_spec(self, spec, key, make):
+        """A fact of this config, found once while the rules are matched
+        against the config as the engine wrote it (forget_spec ends that:
+        the edits change the config)."""
+        if self._spec is not spec:
+            self._spec, self._spec_facts = spec, {}
+        if key not in self._spec_facts:
+            self._spec_facts[key] = make()
+        return self._spec_facts[key]
+
+    def forget_spec(self):
+        self._spec, self._spec_facts = None, {}
+
+
+def guardrail_state(context):
+    if context.guardrails is None:
+        context.guardrails = GuardrailState(context.bundle, context.container_id)
+    return context.guardrails
+
+
+def parse_guard_conditions(data, compile_now=True):
+    """The guardrail conditions of a `when` object -> [(key, value, as
+    written)], or PathError naming the problem."""
+    guards = []
+    for key in _GUARDRAIL_CONDITIONS:
+        if key not in data:
+            continue
+        raw = data[key]
+        where = "." + key
+        try:
+            if key == "hostPaths":
+                value = _valid_path_list(raw) if isinstance(raw, list) and raw else None
+                if value is None:
+                    raise ValueError("expected a non-empty list of absolute host paths")
+                for index, path in enumerate(value):
+                    if not path.startswith("/") or "\0" in path:
+                        raise PathError("[%d]" % index, "expected an absolute path, found %s" % _json_text(path))
+                value = [_join_path("", path) for path in value]       # cleaned without importing os
+            elif key == "capabilities":
+                if not isinstance(raw, list) or not raw:
+                    raise ValueError("expected a non-empty list of capabilities")
+                value = frozenset(_valid_capability_list(raw))
+            elif key in ("hostNamespaces", "unconfined"):
+                kinds = [t for t, _ in NAMESPACE_TYPES] if key == "hostNamespaces" else UNCONFINED_KINDS
+                if not isinstance(raw, list) or not raw:
+                    raise ValueError("expected a non-empty list (of %s)" % ", ".join(kinds))
+                for index, item in enumerate(raw):
+                    if item not in kinds:
+                        raise PathError("[%d]" % index, "expected one of %s, found %s"
+                                        % (", ".join(kinds), _json_text(item)))
+                value = list(raw)
+            elif key in ("privileged", "rootUser"):
+                value = _valid_bool(raw)
+            elif key == "not":
+                value = parse_condition(raw, extended=True, compile_now=compile_now)
+            else:       # anyOf
+                if not isinstance(raw, list) or not raw:
+                    raise ValueError("expected a non-empty list of condition objects")
+                value = []
+                for index, item in enumerate(raw):
+                    try:
+                        value.append(parse_condition(item, extended=True, compile_now=compile_now))
+                    except ValueError as exc:
+                        raise _at("[%d]" % index, exc)
+        except ValueError as exc:
+            raise _at(where, exc)
+        guards.append((key, value, raw))
+    return guards
+
+
+def guards_match(guards, spec, context=None):
+    if context is None:
+        context = EditContext()
+    state = guardrail_state(context)
+    for key, value, _ in guards:
+        if key == "hostPaths":
+            binds = bind_sources(spec, state)
+            if not any(reaches(bind, host_path(path, state)) for path in value for bind in binds):
+                return False
+        elif key == "capabilities":
+            if not held_capabilities(spec, state) & value:
+                return False
+        elif key == "hostNamespaces":
+            shared = host_namespaces(spec, state)
+            if not any(kind in shared for kind in value):
+                return False
+        elif key == "privileged":
+            if is_privileged(spec, state) != value:
+                return False
+        elif key == "rootUser":
+            if state.of_spec(spec, "root", lambda: runs_as_root(spec)) != value:
+                return False
+        elif key == "unconfined":
+            if not unconfined_kinds(spec, state, value):
+                return False
+        elif key == "not":
+            if condition_matches(value, spec, context):
+                return False
+        elif not any(condition_matches(cond, spec, context) for cond in value):      # anyOf
+            return False
+    return True
+
+
+def _linux(spec):
+    linux = spec.get("linux")
+    return linux if isinstance(linux, dict) else {}
+
+
+def _dict_at(obj, *keys):
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _list_at(obj, *keys):
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, list) else []
+
+
+def container_capabilities(spec):
+    """Every capability in any of the process's five sets (CAP_X, upper case:
+    a name the runtime does not know is counted as it would be meant)."""
+    held = set()
+    caps = _dict_at(spec, "process", "capabilities")
+    for key in CAPABILITY_SETS:
+        for item in _list_at(caps, key):
+            if isinstance(item, str):
+                name = item.upper()
+                held.add(name if name.startswith("CAP_") else "CAP_" + name)
+    return held
+
+
+def held_capabilities(spec, state):
+    return state.of_spec(spec, "capabilities", lambda: container_capabilities(spec))
+
+
+def _file_identity(path):
+    """(device, inode) of what path leads to, or None."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def host_namespaces(spec, state):
+    """The namespace types the container shares with the host: the config
+    has none of that type (the runtime's own is kept), or joins by path the
+    namespace the runtime is in (or PID 1's): Docker's --network host is
+    such a path. A path that cannot be looked at counts as the host's."""
+    return state.of_spec(spec, "namespaces", lambda: _host_namespaces(spec, state))
+
+
+def _host_namespaces(spec, state):
+    declared = {}
+    for namespace in _list_at(_linux(spec), "namespaces"):
+        if isinstance(namespace, dict) and isinstance(namespace.get("type"), str):
+            declared.setdefault(namespace["type"], namespace.get("path"))
+    shared = []
+    for kind, proc_name in NAMESPACE_TYPES:
+        if kind not in declared:
+            shared.append(kind)
+            continue
+        path = declared[kind]
+        if isinstance(path, str) and path:
+            own = state.cached(("namespace", proc_name), lambda: {_file_identity("/proc/%s/ns/%s" % (pid, proc_name))
+                                                                  for pid in ("self", "1")} - {None})
+            identity = _file_identity(path)
+            if identity is None or identity in own:
+                shared.append(kind)
+    return shared
+
+
+def allows_every_device(spec):
+    """Does the devices cgroup let the container use every device (a rule
+    allowing all types, majors and minors: what --privileged writes)?"""
+    for rule in _list_at(_linux(spec), "resources", "devices"):
+        if (isinstance(rule, dict) and rule.get("allow") is True and rule.get("type") in (None, "", "a")
+                and rule.get("major") in (None, -1) and rule.get("minor") in (None, -1)
+                and set("rwm") <= set(rule.get("access") if isinstance(rule.get("access"), str) else "rwm")):
+            return True
+    return False
+
+
+def is_privileged(spec, state=None):
+    """What docker run --privileged, podman run --privileged and a privileged
+    CRI container write, and no other container has: CAP_SYS_ADMIN and
+    every device. (They also drop seccomp and the masked paths, which the
+    unconfined condition sees.)"""
+    held = held_capabilities(spec, state) if state is not None else container_capabilities(spec)
+    return "CAP_SYS_ADMIN" in held and allows_every_device(spec)
+
+
+def runs_as_root(spec):
+    """Does the process run as uid 0 of the host: uid 0 (the default) and no
+    user namespace of its own mapping it to another host uid? A user
+    namespace joined by path cannot be looked into: counted as root."""
+    user = _dict_at(spec, "process", "user")
+    uid = user.get("uid", 0)
+    if isinstance(uid, int) and not isinstance(uid, bool) and uid != 0:
+        return False
+    own_userns = any(isinstance(ns, dict) and ns.get("type") == "user" and not ns.get("path")
+                     for ns in _list_at(_linux(spec), "namespaces"))
+    if not own_userns:
+        return True
+    for mapping in _list_at(_linux(spec), "uidMappings"):
+        if not isinstance(mapping, dict):
+            continue
+        start, host, size = (mapping.get(k) for k in ("containerID", "hostID", "size"))
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in (start, host, size)) and start <= 0 < start + size:
+            return host - start == 0
+    return True
+
+
+def seccomp_unconfined(spec):
+    """No seccomp profile, or one that lets every syscall through."""
+    seccomp = _linux(spec).get("seccomp")
+    if not isinstance(seccomp, dict):
+        return True
+    if seccomp.get("defaultAction") not in PERMISSIVE_SECCOMP_ACTIONS:
+        return False
+    return all(not isinstance(rule, dict) or rule.get("action") in PERMISSIVE_SECCOMP_ACTIONS
+               for rule in _list_at(seccomp, "syscalls"))
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def host_runs_apparmor(state):
+    """As runc decides: securityfs has apparmor and the module is enabled."""
+    return state.cached("apparmor", lambda: os.path.isdir("/sys/kernel/security/apparmor")
+                        and _read_text("/sys/module/apparmor/parameters/enabled").startswith("Y"))
+
+
+def host_runs_selinux(state):
+    return state.cached("selinux", lambda: os.path.exists("/sys/fs/selinux/enforce"))
+
+
+def apparmor_unconfined(spec, state):
+    """Profile "unconfined", or none on a host that runs AppArmor (where no
+    profile means none is applied). Without AppArmor nothing could confine
+    the container by it, and engines write no profile: never unconfined."""
+    if not host_runs_apparmor(state):
+        return False
+    profile = _dict_at(spec, "process").get("apparmorProfile")
+    return not isinstance(profile, str) or profile in ("", "unconfined")
+
+
+def selinux_unconfined(spec, state):
+    """On a host that runs SELinux: no label, or a type that is not one of
+    the container types (spc_t, unconfined_t, ...)."""
+    if not host_runs_selinux(state):
+        return False
+    label = _dict_at(spec, "process").get("selinuxLabel")
+    parts = label.split(":") if isinstance(label, str) else []
+    return len(parts) < 3 or parts[2] not in CONTAINER_SELINUX_TYPES
+
+
+def exposed_system_paths(spec):
+    """The /proc and /sys paths every engine masks (or makes read-only) that
+    this config leaves as they are (docker run --security-opt
+    systempaths=unconfined, --privileged, a CRI procMount Unmasked). A
+    path below a masked or read-only one is covered by it."""
+    linux = _linux(spec)
+    masked = set(p.rstrip("/") for p in _list_at(linux, "maskedPaths") if isinstance(p, str))
+    readonly = masked | set(p.rstrip("/") for p in _list_at(linux, "readonlyPaths") if isinstance(p, str))
+
+    def covered(path, paths):
+        return any(prefix in paths for prefix in _path_chain(path)[:-1])     # the path and each parent but /
+    return ([p for p in MASKED_PATHS if not covered(p, masked)]
+            + [p for p in READONLY_PATHS if not covered(p, readonly)])
+
+
+def unconfined_kinds(spec, state, kinds=UNCONFINED_KINDS):
+    """Which of these kinds of confinement the container goes without."""
+    found = []
+    for kind in kinds:
+        if kind == "seccomp":
+            unconfined = seccomp_unconfined(spec)
+        elif kind == "apparmor":
+            unconfined = apparmor_unconfined(spec, state)
+        elif kind == "selinux":
+            unconfined = selinux_unconfined(spec, state)
+        else:
+            unconfined = bool(state.of_spec(spec, "system paths", lambda: exposed_system_paths(spec)))
+        if unconfined:
+            found.append(kind)
+    return found
+
+
+class BindSource(object):
+    """A bind mount of the config, its source resolved on the host."""
+
+    def __init__(self, index, mount, source, state):
+        self.index = index
+        self.mount = mount
+        self.source = source            # as written (a relative one joined to the bundle)
+        # symlinks and '..' resolved, as the mount would see it now; (device, inode) of it
+        self.resolved, self.identity = resolve_host_path(state, source)
+        self._state = state
+        self._chain = None
+
+    def chain(self):
+        """The identities of the source and of every directory above it."""
+        if self._chain is None:
+            self._chain = _chain_identities(self._state, _path_chain(self.resolved))
+        return self._chain
+
+
+def resolve_host_path(state, path):
+    """(an absolute path resolved as the kernel resolves it now, (device,
+    inode) of what it leads to, or None when it does not exist), walking it
+    one lstat a component as _untrusted_step does: symlinks followed, '..'
+    taken from what they led to. What does not exist is added as written
+    (cleaned). Each component is looked at once per call."""
+    todo = [part for part in path.split("/") if part]
+    todo.reverse()
+    current, st, links, missing = "", _lstat(state, "/"), 0, False
+    while todo:
+        name = todo.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = current.rpartition("/")[0]
+            continue
+        current += "/" + name
+        if missing:
+            continue
+        st = _lstat(state, current)
+        if st is None:
+            missing = True
+        elif (st.st_mode & _S_IFMT) == _S_IFLNK:
+            links += 1
+            target = state.cached(("readlink", current), lambda: _readlink(current)) if links <= 40 else None
+            if target is None:                          # unreadable, or a loop: as if missing
+                missing = True
+                continue
+            current = "" if target.startswith("/") else current.rpartition("/")[0]
+            todo.extend(reversed([part for part in target.split("/") if part]))
+            st = None
+            if not todo:                                # the link was the last component
+                st = _lstat(state, current or "/")
+    if missing or st is None:
+        return current or "/", None
+    return current or "/", (st.st_dev, st.st_ino)
+
+
+def _lstat(state, path):
+    def look():
+        try:
+            return os.lstat(path)
+        except (OSError, ValueError):
+            return None
+    return state.cached(("lstat", path), look)
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _chain_identities(state, paths):
+    """The identities of what these paths lead to, each looked up once per
+    call (lstat: only a symlink needs resolving)."""
+    found = set()
+    for path in paths:
+        st = _lstat(state, path)
+        if st is not None and (st.st_mode & _S_IFMT) == _S_IFLNK:
+            identity = resolve_host_path(state, path)[1]
+        else:
+            identity = (st.st_dev, st.st_ino) if st is not None else None
+        if identity is not None:
+            found.add(identity)
+    return found
+
+
+def _path_chain(path):
+    """The path and every directory above it, up to /."""
+    chain = [path]
+    while path not in ("/", ""):
+        path = path.rpartition("/")[0] or "/"
+        chain.append(path)
+    return chain
+
+
+def is_bind_mount(mount):
+    options = mount.get("options")
+    options = options if isinstance(options, list) else []
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
+def bind_sources(spec, state):
+    """The config's bind mounts with their sources resolved on the host (a
+    relative source is relative to the bundle, as runc and crun read it)."""
+    return state.of_spec(spec, "binds", lambda: _bind_sources(spec, state))
+
+
+def _bind_sources(spec, state):
+    binds = []
+    mounts = spec.get("mounts")
+    for index, mount in enumerate(mounts if isinstance(mounts, list) else []):
+        if not isinstance(mount, dict) or not is_bind_mount(mount):
+            continue
+        source = mount.get("source")
+        if not isinstance(source, str) or not source:
+            continue
+        if not source.startswith("/"):
+            source = os.path.join(state.bundle or os.getcwd(), source)
+        binds.append(BindSource(index, mount, source, state))
+    return binds
+
+
+class HostPath(object):
+    """A host path a rule names: as written (cleaned) and resolved, with
+    the identities of it and of every directory above it."""
+
+    def __init__(self, path, state):
+        self.literal = path
+        self.resolved, self.identity = resolve_host_path(state, path)
+        paths = _path_chain(self.literal)
+        paths += [p for p in _path_chain(self.resolved) if p not in paths]
+        self.chain = _chain_identities(state, paths)
+
+
+def host_path(path, state):
+    return state.cached(("host path", path), lambda: HostPath(path, state))
+
+
+def _same_or_under(path, parent):
+    return path == parent or _is_under(path, parent)
+
+
+def reaches(bind, target):
+    """Does the bind mount let the container reach the host path: is its
+    source the path, inside it, or a directory above it, by name (as
+    resolved) or by identity (a hard link, another mount of it)?"""
+    for path in (target.literal, target.resolved):
+        if _same_or_under(path, bind.resolved) or _same_or_under(bind.resolved, path):
+            return True
+    if bind.identity is not None and bind.identity in target.chain:
+        return True
+    return target.identity is not None and target.identity in bind.chain()
+
+
+def engine_managed(bind, spec, state):
+    """Is this bind one of the engine's own, not a host path a user chose:
+    a file of this container or its pod (below a directory named by the
+    container's id, or by the pod sandbox's id or uid the CRI plugin
+    writes; ids of 32 characters or more, which the engines draw at
+    random), a named volume (.../volumes/NAME/_data, where Docker and
+    Podman keep them), or the engine's init program (--init) bound
+    read-only?"""
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    own = [state.container_id] + [annotations.get(key) for key in CRI_OWN_ID_ANNOTATIONS]
+    own = {i for i in own if isinstance(i, str) and len(i) >= 32 and "/" not in i}
+    parts = bind.resolved.split("/")
+    if own & set(parts[:-1]):
+        return True
+    if len(parts) >= 4 and parts[-1] == "_data" and parts[-3] == "volumes" and parts[-2]:
+        return True
+    options = bind.mount.get("options")
+    if (_clean_path(bind.mount.get("destination") or "") in ENGINE_INIT_DESTINATIONS
+            and isinstance(options, list) and "ro" in options):
+        try:
+            st = os.stat(bind.resolved)
+        except (OSError, ValueError):
+            return False
+        return (st.st_mode & _S_IFMT) == 0o100000 and st.st_mode & 0o111 and st.st_uid == 0
+    return False
+
+
+def unsafe_sysctls(spec, safe):
+    sysctl = _linux(spec).get("sysctl")
+    names = sysctl if isinstance(sysctl, dict) else {}
+    return sorted(name for name in names if name.replace("/", ".") not in safe)
+
+
+# The preset levels: each control a check of the config that says what it
+# found (None: nothing), named after the Pod Security Standards control it
+# maps; controls that have nothing in an OCI config (host ports, volume
+# types, HostProcess) are left out. Built on first use.
+
+class PresetControl(object):
+    def __init__(self, name, check, help, trips):
+        self.name = name
+        self.check = check          # (spec, state) -> what it found, or None
+        self.help = help
+        self.trips = trips          # a docker run flag that trips it, for the docs
+
+
+_preset_table = None
+
+# Kubernetes' baseline capabilities, plus NET_RAW: Docker, Podman and
+# containerd give it to every container, and the Pod Security Standards
+# judge only what a pod adds to the runtime's defaults.
+_BASELINE_CAPABILITIES = ("CAP_AUDIT_WRITE CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_FSETID CAP_KILL CAP_MKNOD "
+                          "CAP_NET_BIND_SERVICE CAP_SETFCAP CAP_SETGID CAP_SETPCAP CAP_SETUID CAP_SYS_CHROOT "
+                          "CAP_NET_RAW")
+_SAFE_SYSCTLS = ("kernel.shm_rmid_forced net.ipv4.ip_local_port_range net.ipv4.ip_unprivileged_port_start "
+                 "net.ipv4.tcp_syncookies net.ipv4.ping_group_range net.ipv4.ip_local_reserved_ports "
+                 "net.ipv4.tcp_keepalive_time net.ipv4.tcp_fin_timeout net.ipv4.tcp_keepalive_intvl "
+                 "net.ipv4.tcp_keepalive_probes")
+
+
+def _found(items):
+    return ", ".join(items) if items else None
+
+
+def preset_levels():
+    """[(level, [PresetControl, ...])] for baseline and restricted."""
+    global _preset_table
+    if _preset_table is not None:
+        return _preset_table
+    baseline_caps = frozenset(_BASELINE_CAPABILITIES.split())
+    safe_sysctls = frozenset(_SAFE_SYSCTLS.split())
+
+    def host_paths(spec, state):
+        return _found(["%s at %s" % (bind.source, bind.mount.get("destination"))
+                       for bind in bind_sources(spec, state) if not engine_managed(bind, spec, state)])
+
+    def root(spec, state):
+        return "uid 0" if state.of_spec(spec, "root", lambda: runs_as_root(spec)) else None
+
+    baseline = [
+        PresetControl("host-namespaces", lambda spec, state: _found(
+            [k for k in host_namespaces(spec, state) if k in ("pid", "network", "ipc", "uts")]),
+            "no pid, network, ipc or uts namespace shared with the host.",
+            "--pid host, --network host, --ipc host, --uts host"),
+        PresetControl("privileged", lambda spec, state: "privileged" if is_privileged(spec, state) else None,
+                      "not privileged (CAP_SYS_ADMIN and every device).", "--privileged"),
+        PresetControl("capabilities", lambda spec, state: _found(sorted(held_capabilities(spec, state) - baseline_caps)),
+                      "no capability beyond the baseline set: AUDIT_WRITE, CHOWN, DAC_OVERRIDE, FOWNER, "
+                      "FSETID, KILL, MKNOD, NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT, "
+                      "and NET_RAW, which every engine grants by default.", "--cap-add SYS_ADMIN"),
+        PresetControl("host-paths", host_paths,
+                      "no bind mount of a host path; the engine's own files of the container or its pod, "
+                      "named volumes (.../volumes/NAME/_data) and the --init program are not host paths.",
+                      "-v /srv:/srv, --mount type=bind,..."),
+        PresetControl("proc-mount", lambda spec, state: _found(state.of_spec(spec, "system paths",
+                                                                             lambda: exposed_system_paths(spec))),
+                      "the /proc and /sys paths engines mask or make read-only stay so.",
+                      "--security-opt systempaths=unconfined"),
+        PresetControl("apparmor", lambda spec, state: "unconfined" if apparmor_unconfined(spec, state) else None,
+                      "an AppArmor profile other than unconfined (on a host that runs AppArmor).",
+                      "--security-opt apparmor=unconfined"),
+        PresetControl("selinux", lambda spec, state: "no container type" if selinux_unconfined(spec, state)
+                      else None, "an SELinux label of a container type (on a host that runs SELinux).",
+                      "--security-opt label=disable"),
+        PresetControl("seccomp", lambda spec, state: "unconfined" if seccomp_unconfined(spec) else None,
+                      "a seccomp profile that does not allow every syscall.",
+                      "--security-opt seccomp=unconfined"),
+        PresetControl("sysctls", lambda spec, state: _found(unsafe_sysctls(spec, safe_sysctls)),
+                      "only the sysctls Kubernetes calls safe: " + ", ".join(_SAFE_SYSCTLS.split()) + ".",
+                      "--sysctl kernel.msgmax=65536"),
+    ]
+    restricted = [c for c in baseline if c.name not in ("capabilities", "seccomp")] + [
+        PresetControl("capabilities", lambda spec, state: _found(
+            sorted(held_capabilities(spec, state) - {"CAP_NET_BIND_SERVICE"})),
+            "no capability but NET_BIND_SERVICE (drop ALL).", "no --cap-drop ALL"),
+        PresetControl("seccomp", lambda spec, state: None if (
+            not seccomp_unconfined(spec) and _linux(spec)["seccomp"].get("defaultAction")
+            not in PERMISSIVE_SECCOMP_ACTIONS) else "no allowlist profile",
+            "a seccomp profile that refuses what it does not list (as the engines' defaults do).",
+            "--security-opt seccomp=unconfined"),
+        PresetControl("run-as-non-root", root, "the process does not run as root of the host.",
+                      "no --user, or --user 0"),
+        PresetControl("privilege-escalation", lambda spec, state: None if _dict_at(spec, "process").get(
+            "noNewPrivileges") is True else "no-new-privileges not set",
+            "no privilege escalation: no-new-privileges set.", "no --security-opt no-new-privileges"),
+    ]
+    _preset_table = [("baseline", baseline), ("restricted", restricted)]
+    return _preset_table
+
+
+def preset_findings(level, spec, state):
+    """What the config breaks of the level: ["control (what)", ...]."""
+    for name, controls in preset_levels():
+        if name == level:
+            findings = []
+            for control in controls:           # (restricted shares most of baseline's: each runs once)
+                found = state.of_spec(spec, control, lambda: control.check(spec, state))
+                if found:
+                    findings.append("%s (%s)" % (control.name, found))
+            return findings
+    raise InterceptorError("no preset level %s" % _quote_for_message(level))
 
 
 # ---------------------------------------------------------------------------
@@ -2034,6 +2883,9 @@ class EditContext(object):
                        "nsdelegate": nsdelegate, "own_systemd_cgroup": own_systemd_cgroup}
         self._host = None
         self.runtime_path = None    # a rule's "runtime-path": the runtime that runs this container
+        self.bundle = None          # the bundle directory (relative bind sources are relative to it)
+        self.guardrails = None      # GuardrailState, made by the first guardrail that needs it
+        self.rule = None            # the rule whose actions apply now
 
     def _fact(self, name):
         if self._facts[name] is None:
@@ -2424,6 +3276,202 @@ def edit_runtime_path(spec, path, context):
     return []
 
 
+# Guardrail actions: refuse a container (deny, a preset level it does not
+# meet), or clamp what it may do (capabilities removed, limits lowered, no
+# new privileges, a read-only root). A clamp never adds a capability nor
+# raises a limit. A refusal raises Denied; apply_rules names the rule.
+
+
+class Denied(InterceptorError):
+    """A rule refuses the container: `denied by rule NAME: REASON`."""
+
+    def __init__(self, reason, rule=None):
+        InterceptorError.__init__(self, reason)
+        self.reason = reason
+        self.rule = rule
+
+    def __str__(self):
+        return "denied by rule %s: %s" % (self.rule, self.reason) if self.rule else self.reason
+
+
+def edit_deny(spec, message):
+    """deny: refuse the container, with the admin's message."""
+    raise Denied(message)
+
+
+def edit_preset(spec, level, context):
+    """preset: refuse a container that does not meet the level. It matched
+    only because it does not (see matching_rules); the findings are those
+    of the config as the engine wrote it."""
+    state = guardrail_state(context)
+    findings = state.findings.get(context.rule.name) if context.rule is not None else None
+    if findings is None:
+        findings = preset_findings(level, spec, state)
+    if findings:
+        raise Denied("does not meet the %s level: %s" % (level, "; ".join(findings)))
+    return []
+
+
+def edit_capabilities(spec, value):
+    """capabilities: remove from all five sets the dropped ones ("ALL":
+    every one) and, when `allow` is given, every one it does not list (an
+    allowed one is never dropped). Never adds one."""
+    drop = set(value.get("drop", ()))
+    allow = set(value["allow"]) if "allow" in value else None
+
+    def removed(item):
+        name = capability_name(item) or item.upper()
+        if allow is not None:
+            return name not in allow
+        return "ALL" in drop or name in drop
+    process = spec.get("process")
+    if not isinstance(process, dict) or process.get("capabilities") is None:
+        return []
+    caps = process["capabilities"]
+    if not isinstance(caps, dict):
+        raise InterceptorError("process.capabilities is not an object")
+    changes = []
+    for key in CAPABILITY_SETS:
+        items = caps.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise InterceptorError("process.capabilities.%s is not a list of strings" % key)
+        gone = [item for item in items if removed(item)]
+        if gone:
+            caps[key] = [item for item in items if item not in gone]
+            changes.append("process.capabilities.%s: removed %s" % (key, ", ".join(gone)))
+    return changes
+
+
+def _resources(spec, key):
+    """linux.resources.KEY, made if missing; InterceptorError for a shape
+    that cannot take a limit."""
+    path, obj = [], spec
+    for name in ("linux", "resources", key):
+        path.append(name)
+        if obj.get(name) is None:
+            obj[name] = {}
+        obj = obj[name]
+        if not isinstance(obj, dict):
+            raise InterceptorError("%s is not an object" % ".".join(path))
+    return obj
+
+
+def _limit_number(value):
+    """A limit as written -> a number, or None for none (absent, 0, -1)."""
+    number = json_float(value)
+    return number if number is not None and number > 0 else None
+
+
+def _shown(value):
+    return "(none)" if value is None else _json_text(value)
+
+
+def edit_limits(spec, limits):
+    """limits: ceilings for pids, memory (bytes) and cpus. Set where the
+    container has no limit or a higher one; a lower one stays. Values of
+    the cgroup v2 `unified` map for the same files are clamped too."""
+    changes = []
+    if "pids" in limits:
+        pids = _resources(spec, "pids")
+        current = _limit_number(pids.get("limit"))
+        if current is None or current > limits["pids"]:
+            changes.append("linux.resources.pids.limit: %s -> %d" % (_shown(pids.get("limit")), limits["pids"]))
+            pids["limit"] = limits["pids"]
+    if "memory" in limits:
+        ceiling = parse_bytes(limits["memory"])
+        memory = _resources(spec, "memory")
+        swap = _limit_number(memory.get("swap"))
+        if swap is not None and swap < ceiling:
+            ceiling = int(swap)         # memory+swap is lower still: the limit may not exceed it
+        current = _limit_number(memory.get("limit"))
+        if current is None or current > ceiling:
+            changes.append("linux.resources.memory.limit: %s -> %d" % (_shown(memory.get("limit")), ceiling))
+            memory["limit"] = ceiling
+    if "cpus" in limits:
+        cpus = json_float(limits["cpus"])
+        cpu = _resources(spec, "cpu")
+        quota, period = _limit_number(cpu.get("quota")), _limit_number(cpu.get("period"))
+        if period is None or period > 1000000:
+            period = 100000
+        current = quota / period if quota is not None else None
+        if current is None or current > cpus + 1e-9:
+            new_period = int(period)
+            new_quota = int(round(cpus * new_period))
+            if new_quota < 1000:           # the kernel's smallest quota: 1 ms
+                new_period, new_quota = 100000, int(round(cpus * 100000))
+            changes.append("linux.resources.cpu: quota %s, period %s -> quota %d, period %d" % (
+                _shown(cpu.get("quota")), _shown(cpu.get("period")), new_quota, new_period))
+            cpu["quota"], cpu["period"] = new_quota, new_period
+    changes.extend(_clamp_unified(spec, limits))
+    return changes
+
+
+def _clamp_unified(spec, limits):
+    """cgroup v2 files the config sets directly (linux.resources.unified),
+    which the runtime writes after the limits above."""
+    unified = _dict_at(spec, "linux", "resources").get("unified")
+    if not isinstance(unified, dict):
+        return []
+    changes = []
+    wanted = {}
+    if "pids" in limits:
+        wanted["pids.max"] = str(limits["pids"])
+    if "memory" in limits:
+        limit = json_float(_dict_at(spec, "linux", "resources", "memory").get("limit"))
+        wanted["memory.max"] = "%d" % limit if limit is not None else None
+    if "cpus" in limits:
+        cpu = _dict_at(spec, "linux", "resources", "cpu")
+        wanted["cpu.max"] = "%d %d" % (cpu["quota"], cpu["period"]) if "quota" in cpu else None
+    for name, ceiling in sorted(wanted.items()):
+        if name not in unified or ceiling is None:
+            continue
+        value = unified[name]
+        words = value.split() if isinstance(value, str) else []
+        if name == "cpu.max":
+            current = (float(words[0]) / float(words[1] if len(words) > 1 else 100000)
+                       if words and words[0] != "max" and _is_number(words[0]) else None)
+            keep = current is not None and current <= json_float(limits["cpus"]) + 1e-9
+        else:
+            keep = len(words) == 1 and _is_number(words[0]) and 0 < int(float(words[0])) <= int(ceiling)
+        if not keep:
+            unified[name] = ceiling
+            changes.append("linux.resources.unified.%s: %s -> %s" % (name, _json_text(value), ceiling))
+    return changes
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def edit_no_new_privileges(spec, enabled):
+    """no-new-privileges: the process cannot gain privileges (setuid files,
+    file capabilities)."""
+    process = spec.get("process")
+    if not enabled or not isinstance(process, dict) or process.get("noNewPrivileges") is True:
+        return []
+    process["noNewPrivileges"] = True
+    return ["process.noNewPrivileges: set"]
+
+
+def edit_readonly_rootfs(spec, enabled):
+    """readonly-rootfs: the container's root filesystem is mounted read-only."""
+    root = spec.get("root")
+    if not enabled or root is None:
+        return []
+    if not isinstance(root, dict):
+        raise InterceptorError("root is not an object")
+    if root.get("readonly") is True:
+        return []
+    root["readonly"] = True
+    return ["root.readonly: set"]
+
+
 class Action(object):
     """A key a rule may have: how its value is checked, which edit applies
     it, and whether the edit needs the EditContext too."""
@@ -2440,6 +3488,15 @@ class Action(object):
 # come first, as an engine applies them while it writes the config: the
 # rule's other actions see their mounts, env and hooks and may change them.
 ACTIONS = (
+    Action("deny", _valid_deny, edit_deny,
+           "MESSAGE: refuse the containers the rule selects: the runtime is not run, and "
+           "`denied by rule NAME: MESSAGE` goes to stderr and the runtime's --log (so docker run, "
+           "podman run and kubelet show it). Exit status 1."),
+    Action("preset", _valid_preset, edit_preset,
+           "\"baseline\" or \"restricted\": refuse the containers that do not meet this level "
+           "(controls named like the Pod Security Standards; see the presets below), naming each "
+           "control they break. A preset rule has no other action.",
+           uses_context=True),
     Action("cdi-devices", _valid_cdi_device_names, edit_cdi_devices,
            "[\"vendor.com/class=name\", ...]: give the container these CDI (Container Device "
            "Interface) devices, as an engine with CDI does, from the spec files (*.json, *.yaml) of the "
@@ -2480,6 +3537,16 @@ ACTIONS = (
     Action("json-patch", _valid_json_patch, edit_json_patch,
            "[OP, ...]: an RFC 6902 JSON patch of the whole config; a failed \"test\" "
            "refuses the container."),
+    Action("capabilities", _valid_capabilities_action, edit_capabilities,
+           "{\"drop\": [CAP or \"ALL\", ...], \"allow\": [CAP, ...]}: remove the dropped "
+           "capabilities, and every one `allow` does not list, from all five sets; never adds one."),
+    Action("limits", _valid_limits, edit_limits,
+           "{\"pids\": N, \"memory\": \"512m\", \"cpus\": 1.5}: ceilings, set where the container "
+           "has no limit or a higher one (a lower one stays). Memory in bytes or with a k, m or g suffix."),
+    Action("no-new-privileges", _valid_bool, edit_no_new_privileges,
+           "true: the process cannot gain privileges (setuid programs, file capabilities)."),
+    Action("readonly-rootfs", _valid_bool, edit_readonly_rootfs,
+           "true: the root filesystem is mounted read-only."),
     Action("runtime-path", _valid_nonempty_string, edit_runtime_path,
            "PATH: run the containers the rule selects under this runtime (a bare name is looked "
            "up as --oi-runtime-path is; a relative path is relative to the config file). Every "
@@ -2488,32 +3555,96 @@ ACTIONS = (
 )
 
 
-def matching_rules(spec, policy):
+def matching_rules(spec, policy, context=None):
     """The rules whose condition matches the config as the engine wrote it,
-    after the CDI devices the container asks for itself (section 5a)."""
-    return cdi_request_rules(spec, policy) + [rule for rule in policy.rules if condition_matches(rule.when, spec)]
+    after the CDI devices the container asks for itself (section 5a); a
+    preset rule only when the config does not meet its level, the findings
+    kept in the context for the rule's action."""
+    context = context or EditContext()
+    matched = cdi_request_rules(spec, policy)
+    for rule in policy.rules:
+        if not condition_matches(rule.when, spec, context):
+            continue
+        if "preset" in rule.actions:
+            findings = preset_findings(rule.actions["preset"], spec, guardrail_state(context))
+            guardrail_state(context).findings[rule.name] = findings
+            if not findings:
+                continue
+        matched.append(rule)
+    if context.guardrails is not None:
+        context.guardrails.forget_spec()
+    return matched
 
 
 def apply_rules(spec, rules, context=None):
     """Apply each rule's actions in pipeline order; return the changes, each
-    prefixed with the rule's name."""
+    prefixed with the rule's name. A rule in warn or audit mode changes
+    nothing and refuses nothing: what it would have done is noted in the
+    context (see rehearse_rule). A refusal raises Denied naming the rule."""
     if not isinstance(spec, dict):
         raise InterceptorError("the config is not a JSON object")
     context = context or EditContext()
     changes = []
     for rule in rules:
-        for action in ACTIONS:
-            if action.key in rule.actions:
-                value = rule.actions[action.key]
-                try:
-                    if action.uses_context:
-                        done = action.edit(spec, value, context)
-                    else:
-                        done = action.edit(spec, value)
-                except InterceptorError as exc:
-                    raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
-                changes.extend("%s: %s" % (rule.name, change) for change in done)
+        if rule.mode == "enforce":
+            changes.extend(_apply_rule(spec, rule, context))
+        else:
+            rehearse_rule(spec, rule, context)
     return changes
+
+
+def _apply_rule(spec, rule, context):
+    context.rule = rule
+    changes = []
+    for action in ACTIONS:
+        if action.key in rule.actions:
+            value = rule.actions[action.key]
+            try:
+                if action.uses_context:
+                    done = action.edit(spec, value, context)
+                else:
+                    done = action.edit(spec, value)
+            except Denied as exc:
+                raise Denied(exc.reason, rule.name)
+            except InterceptorError as exc:
+                raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
+            changes.extend("%s: %s" % (rule.name, change) for change in done)
+    return changes
+
+
+class RuleNote(object):
+    """What a rule in warn or audit mode would have done."""
+
+    def __init__(self, rule, changes, refusal):
+        self.rule = rule
+        self.changes = changes      # ["what", ...] without the rule's name
+        self.refusal = refusal      # why it would refuse the container, or None
+
+    def text(self):
+        if self.refusal is not None:
+            return "rule %s (%s): would deny: %s" % (self.rule.name, self.rule.mode, self.refusal)
+        return "rule %s (%s): would change: %s" % (self.rule.name, self.rule.mode, "; ".join(self.changes))
+
+
+def rehearse_rule(spec, rule, context):
+    """A rule in warn or audit mode: apply it to a copy, with a copy of the
+    context (a runtime-path it names is not taken), and note what it would
+    have done, if anything."""
+    # deny and preset only judge: no copy is needed for a rule of only those.
+    trial = spec if all(key in ("deny", "preset") for key in rule.actions) else _copy_json(spec)
+    shadow = EditContext.__new__(EditContext)
+    shadow.__dict__.update(context.__dict__)
+    refusal, changes = None, []
+    try:
+        changes = _apply_rule(trial, rule, shadow)
+    except Denied as exc:
+        refusal = exc.reason
+    except InterceptorError as exc:
+        refusal = str(exc)
+    if changes or refusal is not None:
+        prefix = rule.name + ": "
+        guardrail_state(context).notes.append(RuleNote(
+            rule, [c[len(prefix):] if c.startswith(prefix) else c for c in changes], refusal))
 
 
 def _get_list(spec, key):
@@ -3934,6 +5065,18 @@ def _json_text(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def json_float(value):
+    """A JSON number as a float (None for anything else, and for what no
+    float can hold)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, RawNumber)):
+        return None
+    try:
+        number = float(value.text if isinstance(value, RawNumber) else value)
+    except (ValueError, OverflowError):
+        return None
+    return number if number == number and number not in (float("inf"), float("-inf")) else None
+
+
 def _number(value):
     from decimal import Decimal
     return Decimal(value.text) if isinstance(value, RawNumber) else value
@@ -4204,7 +5347,7 @@ def _process_exists(pid):
 
 
 class EditResult(object):
-    def __init__(self, path, raw, stat, spec, rules, changes, new_raw, parsed, context):
+    def __init__(self, path, raw, stat, spec, rules, changes, new_raw, parsed, context, denied=None):
         self.path = path
         self.raw = raw              # the config as read
         self.stat = stat            # its os.stat_result
@@ -4214,6 +5357,16 @@ class EditResult(object):
         self.new_raw = new_raw      # what is (or would be) written; None: unchanged
         self.parsed = parsed        # PRETTY form before edits, when asked for
         self.context = context      # the EditContext: a rule's runtime-path, ...
+        self.denied = denied        # the Denied of the rule that refuses the container, or None
+
+    @property
+    def notes(self):
+        """What the rules in warn and audit mode would have done."""
+        return self.context.guardrails.notes if self.context.guardrails is not None else []
+
+    @property
+    def verdict(self):
+        return "denied" if self.denied is not None else "changed" if self.changes else "allowed"
 
     @property
     def systemd(self):
@@ -4230,24 +5383,35 @@ def plan_edit(call, policy, keep_parsed=False):
     raw, st = read_config(path)
     spec = parse_config(raw, path)
     parsed = serialize_config(spec, PRETTY) if keep_parsed else None
-    rules = matching_rules(spec, policy)
     context = EditContext(call.container_id, cdi_spec_dirs=policy.cdi_spec_dirs)
-    changes = apply_rules(spec, rules, context)
+    context.bundle = os.path.abspath(call.bundle or ".")
+    rules = matching_rules(spec, policy, context)
+    denied = None
+    try:
+        changes = apply_rules(spec, rules, context)
+    except Denied as exc:
+        changes, denied = [], exc
     new_raw = None
     if changes:
         new_raw = serialize_config(spec, Layout.of(raw))
         if new_raw == raw:
             new_raw = None
-    return EditResult(path, raw, st, spec, rules, changes, new_raw, parsed, context)
+    return EditResult(path, raw, st, spec, rules, changes, new_raw, parsed, context, denied)
 
 
 def edit_bundle(call, policy):
     """Edit the call's config in place (only when something changed), and
     keep debug copies if asked. Returns (EditResult, the runtime to run),
-    the runtime found before anything is written."""
+    the runtime found before anything is written. Rules in warn mode say
+    what they would have done (a warning each); a container a rule refuses
+    raises its Denied, with the EditResult as its `result`, nothing written
+    but the debug copies."""
     runtime = find_runtime(policy.runtime_path)
     result = plan_edit(call, policy, keep_parsed=policy.write_debug_output)
-    if result.context.runtime_path is not None:
+    for note in result.notes:
+        if note.rule.mode == "warn":
+            report_warning(note.text(), call)
+    if result.context.runtime_path is not None and result.denied is None:
         runtime = find_runtime(result.context.runtime_path)
     if result.new_raw is not None:
         write_atomically(result.path, result.new_raw, result.stat)
@@ -4257,6 +5421,9 @@ def edit_bundle(call, policy):
         if result.changes:
             files.append((name + "_modified.json", serialize_config(result.spec, PRETTY)))
         write_debug_files(policy.debug_output_dir, files)
+    if result.denied is not None:
+        result.denied.result = result
+        raise result.denied
     return result, runtime
 
 
@@ -4650,6 +5817,94 @@ def log_runtime_call(directory, argv):
         report_warning("no debug output: %s: %s" % (directory, exc.strerror or exc))
     finally:
         os.close(dir_fd)
+
+
+# The audit log: one JSON line per create, run and restore, written with one
+# write() to a file opened O_APPEND (so the lines of concurrent calls never
+# interleave), or sent to syslog as one datagram. It can never refuse or
+# strand a container: a log that cannot be written is a warning.
+
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_DAEMON = 3          # facility daemon; severities warning (4) and info (6)
+
+
+def audit_call(policy, call, result=None, error=None):
+    """Log what this create, run or restore came to: the container, the
+    rules that matched with their mode (and what a warn or audit rule would
+    have done), each change, the verdict and the message of a refusal.
+    error: the InterceptorError that refused the container, if any (a
+    Denied carries the EditResult)."""
+    if not policy.audit_log:
+        return
+    result = getattr(error, "result", None) or result
+    try:
+        bundle = os.path.abspath(call.bundle or ".")
+    except (OSError, ValueError):
+        bundle = call.bundle
+    rules = []
+    if result is not None:
+        notes = dict((note.rule.name, note) for note in result.notes)
+        for rule in result.rules:
+            entry = {"name": rule.name, "mode": rule.mode}
+            note = notes.get(rule.name)
+            if note is not None and note.refusal is not None:
+                entry["would-deny"] = note.refusal
+            elif note is not None:
+                entry["would-change"] = note.changes
+            rules.append(entry)
+    if error is None:
+        verdict = result.verdict
+    else:
+        verdict = "denied" if isinstance(error, Denied) else "error"
+    record = {"time": _utc_timestamp(fraction=True), "id": call.container_id, "root": call.root,
+              "bundle": bundle, "command": call.command, "rules": rules,
+              "changes": result.changes if result is not None and error is None else [],
+              "verdict": verdict}
+    if error is not None:
+        record["message"] = _one_line(error)
+        if isinstance(error, Denied):
+            record["denied-by"] = error.rule
+    line = serialize_config(record, Layout(None, ",", ":")) + b"\n"
+    try:
+        if policy.audit_log == AUDIT_SYSLOG:
+            _send_to_syslog(line, verdict in ("denied", "error"))
+        else:
+            _append_line(policy.audit_log, line)
+    except OSError as exc:
+        report_warning("audit log %s: %s" % (policy.audit_log, exc.strerror or exc), call)
+
+
+def _append_line(path, line):
+    """One write() of the whole line to a regular file of ours opened
+    O_APPEND (created 0600): concurrent writers never interleave."""
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+             | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, flags, 0o600)
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & _S_IFMT) != 0o100000:
+            raise OSError(0, "not a regular file")
+        if st.st_uid != os.geteuid():
+            raise OSError(0, "it belongs to uid %d, not to us" % st.st_uid)
+        written = os.write(fd, line)
+        if written != len(line):
+            raise OSError(0, "only %d of %d bytes written" % (written, len(line)))
+    finally:
+        os.close(fd)
+
+
+def _send_to_syslog(line, refused):
+    """One datagram to /dev/log, tagged oci-interceptor, as syslog(3) sends
+    it (journald and rsyslog read it)."""
+    import socket
+    priority = SYSLOG_DAEMON * 8 + (4 if refused else 6)
+    message = ("<%d>%s[%d]: " % (priority, PROG, os.getpid())).encode("ascii") + line.rstrip(b"\n")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(SYSLOG_SOCKET)
+        sock.send(message)
+    finally:
+        sock.close()
 
 
 _SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
@@ -5227,6 +6482,11 @@ def check_config_report(policy):
         problems.append(str(exc))
     lines.append("runtime: %s -> %s" % (policy.runtime_path, runtime))
     lines.append("debug output: %s" % (policy.debug_output_dir if policy.write_debug_output else "off"))
+    lines.append("audit log: %s" % (policy.audit_log or "off"))
+    if policy.audit_log and policy.audit_log != AUDIT_SYSLOG:
+        directory = os.path.dirname(policy.audit_log) or "."
+        if not os.path.isdir(directory):
+            problems.append("audit log %s: directory %s does not exist" % (policy.audit_log, directory))
     for path in policy.files[1 if policy.config_path else 0:]:
         lines.append("hook file: %s" % path)
     for directory in policy.hooks_dirs:
@@ -5248,6 +6508,11 @@ def check_config_report(policy):
                 cache.device(name)
             except InterceptorError as exc:
                 lines.append("    not available now: %s" % exc)
+        if "preset" in rule.actions:
+            for level, controls in preset_levels():
+                if level == rule.actions["preset"]:
+                    lines.append("    controls: %s" % ", ".join(c.name for c in controls))
+        lines.append("    mode: %s" % rule.mode)
         for key in ("prepend-hooks", "hooks"):
             for stage, hooks in sorted(rule.actions.get(key, {}).items()):
                 for hook in hooks:
@@ -5295,6 +6560,8 @@ def _condition_text(cond):
         data.append(("hostname", cond.hostname.pattern))
     if cond.env:
         data.append(("env", dict((name, v.pattern) for name, v in cond.env)))
+    for key, _, raw in cond.guards or ():
+        data.append((key, raw))
     return _full_json_text(dict(data))
 
 
@@ -5308,10 +6575,18 @@ def dry_run_report(call, policy, runtime, runtime_args):
     if call.edits_config:
         result = plan_edit(call, policy, keep_parsed=True)
         lines.append("config: %s" % result.path)
-        lines.append("rules matched: %s" % (", ".join(r.name for r in result.rules) or "(none)"))
+        lines.append("rules matched: %s" % (", ".join(
+            r.name if r.mode == "enforce" else "%s (%s)" % (r.name, r.mode) for r in result.rules) or "(none)"))
         lines.extend(cdi_report_lines(result.context.cdi_cache, result.context.cdi_resolved))
         for change in result.changes:
             lines.append("  " + change)
+        for note in result.notes:
+            lines.append("  " + note.text())
+        if result.denied is not None:
+            lines.append("verdict: would deny: %s" % result.denied)
+            lines.append("would not exec the runtime: the container is refused")
+            return "\n".join(lines) + "\n"
+        lines.append("verdict: %s" % ("would change the config" if result.changes else "would allow it unchanged"))
         if result.context.runtime_path is not None:
             runtime = find_runtime(result.context.runtime_path)
             lines.append("runtime chosen by a rule: %s" % runtime)
@@ -5388,8 +6663,14 @@ def run(argv0, args):
 
 def create_container(call, opts, policy):
     """create, run, restore: edit the config (any problem refuses the
-    container), record what later calls must know; return the runtime."""
-    result, runtime = edit_bundle(call, policy)
+    container), audit it, record what later calls must know; return the
+    runtime."""
+    try:
+        result, runtime = edit_bundle(call, policy)
+    except InterceptorError as exc:
+        audit_call(policy, call, error=exc)
+        raise
+    audit_call(policy, call, result)
     record = None
     # Later calls go where the policy says, or where the command line says
     # when the policy cannot be read: a record only where that is wrong.

@@ -19,10 +19,14 @@ drift in the machine's load falls on both sides alike, and reports medians:
   (d) end to end: `docker run --rm` of busybox `true` through the
       interceptor against runc, on a private dockerd: registered by path with
       the policy in its config file, and with the policy in runtimeArgs;
-  (e) peak memory (max RSS) of (b) and (c).
+  (e) peak memory (max RSS) of (b) and (c);
+  (f) guardrails: the create of (b) with its policy in a config file, and
+      the same file with 20 guardrail rules added (both presets, refusals on
+      host paths, capabilities, namespaces, confinement, clamps), once
+      more with an audit log; the figure is what the rules add.
 
 Targets: (a) <= 1.25, (b) <= 2.0x the floor, (c) 10k env + 2k mounts under
-100 ms and linear growth, (d) <= 1.10x.
+100 ms and linear growth, (d) <= 1.10x, (f) <= 1 ms.
 """
 
 import argparse
@@ -46,9 +50,10 @@ import build_zipapp  # noqa: E402
 PYTHON = "/usr/bin/python3"
 
 
-def spawn(argv, env=None, before=None):
+def spawn(argv, env=None, before=None, cpu=None):
     """Run argv with stdio on /dev/null; return (seconds, max RSS in KiB, which
-    for a child of this process is not argv's own: see peak_rss_kib)."""
+    for a child of this process is not argv's own: see peak_rss_kib). cpu, if
+    a list, receives the CPU seconds (user + system) argv used."""
     if before:
         before()
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -61,6 +66,8 @@ def spawn(argv, env=None, before=None):
     os.close(devnull)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError("failed: %s" % " ".join(argv))
+    if cpu is not None:
+        cpu.append(usage.ru_utime + usage.ru_stime)
     return elapsed, usage.ru_maxrss
 
 
@@ -79,16 +86,18 @@ def peak_rss_kib(argv, before=None, runs=3):
     return peak
 
 
-def alternate(sides, pairs, before=None, rounds=None):
+def alternate(sides, pairs, before=None, rounds=None, cpu=None):
     """{name: argv}: run each side once per round, order rotating; medians.
-    rounds, if a list, receives each round's {name: seconds}."""
+    rounds, if a list, receives each round's {name: seconds}; cpu, if a
+    dict, each side's CPU seconds of every round."""
     names = list(sides)
     times = {name: [] for name in names}
     rss = {name: [] for name in names}
     for round_ in range(pairs):
         order = names[round_ % len(names):] + names[:round_ % len(names)]
         for name in order:
-            seconds, kib = spawn(sides[name], before=before.get(name) if before else None)
+            seconds, kib = spawn(sides[name], before=before.get(name) if before else None,
+                                 cpu=cpu.setdefault(name, []) if cpu is not None else None)
             times[name].append(seconds)
             rss[name].append(kib)
         if rounds is not None:
@@ -114,6 +123,36 @@ def busybox_rootfs(directory):
     for name in ("hosts", "hostname", "resolv.conf"):
         open(os.path.join(directory, "etc", name), "w").close()
     return directory
+
+
+def guardrail_rules():
+    """20 guardrail rules, as a shared Docker host might have them."""
+    return [
+        {"preset": "baseline", "mode": "enforce"},
+        {"preset": "restricted", "mode": "warn"},
+        {"name": "no-sockets", "when": {"hostPaths": ["/var/run/docker.sock", "/run/containerd/containerd.sock"]},
+         "deny": "engine sockets are not for containers"},
+        {"name": "no-privileged", "when": {"privileged": True}, "deny": "no privileged containers"},
+        {"name": "no-admin-caps", "when": {"capabilities": ["SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE"]},
+         "deny": "no admin capabilities"},
+        {"name": "no-host-ns", "when": {"hostNamespaces": ["pid", "ipc", "uts"]}, "deny": "no host namespaces"},
+        {"name": "host-network", "when": {"hostNamespaces": ["network"]}, "deny": "host network", "mode": "warn"},
+        {"name": "seccomp", "when": {"unconfined": ["seccomp"]}, "deny": "seccomp required"},
+        {"name": "lsm", "when": {"unconfined": ["apparmor", "selinux", "systempaths"]}, "deny": "confinement required"},
+        {"name": "root", "when": {"rootUser": True}, "deny": "runs as root", "mode": "audit"},
+        {"name": "net-admin", "when": {"anyOf": [{"privileged": True}, {"capabilities": ["NET_ADMIN"]}]},
+         "deny": "no network administration"},
+        {"name": "odd", "when": {"not": {"capabilities": ["CHOWN"]}, "rootUser": True}, "deny": "odd capabilities"},
+        {"name": "drop-raw", "capabilities": {"drop": ["NET_RAW", "MKNOD"]}},
+        {"name": "limits", "limits": {"pids": 1024, "memory": "2g", "cpus": 2}},
+        {"name": "nnp", "no-new-privileges": True},
+        {"name": "ro-non-root", "when": {"not": {"rootUser": True}}, "readonly-rootfs": True},
+        {"name": "no-etc", "when": {"hostPaths": ["/etc", "/root", "/boot"]}, "deny": "host system directories"},
+        {"name": "home", "when": {"hostPaths": ["/home"]}, "deny": "home directories", "mode": "warn"},
+        {"name": "non-root-caps", "when": {"rootUser": False}, "capabilities": {"allow": ["NET_BIND_SERVICE"]}},
+        {"name": "shared-pid", "when": {"anyOf": [{"hostNamespaces": ["pid"]}, {"privileged": True}]},
+         "limits": {"pids": 256}},
+    ]
 
 
 def main():
@@ -223,6 +262,43 @@ def main():
                                                       medians["create"] / medians["floor"], rss["create"],
                                                       rss["floor"]))
 
+            # (f) guardrails: the same create, policy in a file, with and without 20 guardrail rules
+            plain_policy = {"version": 1, "runtime-path": "/bin/true", "readonly-networking-mounts": True,
+                            "env": ["TZ=UTC"], "env-force": ["HTTP_PROXY=http://proxy:3128"]}
+            rules = guardrail_rules()
+            assert len(rules) == 20
+            policies = {"plain": plain_policy, "guarded": dict(plain_policy, rules=rules),
+                        "audited": dict(plain_policy, rules=rules, **{"audit-log": os.path.join(work, "audit.log")})}
+            cgroups_path = json.loads(pristine.decode()).get("linux", {}).get("cgroupsPath", "")
+            container_id = cgroups_path.rpartition("/")[2] or "bench"     # Docker's own files are under its id
+            sides = {}
+            for name, data in policies.items():
+                path = os.path.join(work, "policy-%s.json" % name)
+                with open(path, "w") as f:
+                    json.dump(data, f)
+                os.chmod(path, 0o644)
+                sides[name] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=" + path, pyz, "create", "--bundle", target,
+                               container_id]
+            restore()
+            probe = subprocess.run(sides["guarded"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if probe.returncode != 0:
+                raise RuntimeError("the guarded create failed: " + probe.stderr.decode())
+            cpu = {}
+            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides}, cpu=cpu)
+            results["f"] = {name: medians[name] for name in sides}
+            results["f"]["added"] = medians["guarded"] - medians["plain"]
+            results["f"]["added_with_audit_log"] = medians["audited"] - medians["plain"]
+            # CPU time (user + system) is less moved by the machine's other load than wall time.
+            cpu_added = statistics.median(g - p for g, p in zip(cpu["guarded"], cpu["plain"]))
+            cpu_audited = statistics.median(a - p for a, p in zip(cpu["audited"], cpu["plain"]))
+            results["f"].update(cpu_plain=statistics.median(cpu["plain"]), cpu_added=cpu_added,
+                                cpu_added_with_audit_log=cpu_audited)
+            print("(f) create with 20 guardrail rules: %s, without: %s -> %s added (target <= 1 ms); with an audit "
+                  "log too: %s (%s added); CPU time %s without, median of paired differences %s added (%s with "
+                  "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(results["f"]["added"]),
+                                      ms(medians["audited"]), ms(results["f"]["added_with_audit_log"]),
+                                      ms(results["f"]["cpu_plain"]), ms(cpu_added), ms(cpu_audited)))
+
             # (c) scale
             base = json.loads(pristine.decode())
             results["c"] = []
@@ -257,8 +333,12 @@ def main():
                     if runtime == "oi":
                         docker.write_policy({"version": 1, "readonly-networking-mounts": True, "env": ["TZ=UTC"],
                                              "env-force": ["HTTP_PROXY=http://proxy:3128"]})
-                    elif os.path.exists(docker.policy_path):
-                        os.unlink(docker.policy_path)
+                    else:
+                        # No config file: the daemon (and the containerd it starts, whose shims run the
+                        # program) restarted with OCI_INTERCEPTOR_CONFIG empty. (A file named there that
+                        # does not exist is an error, not "no policy".)
+                        docker.policy_path = ""
+                        docker.restart()
                     rounds = []
                     medians, _ = alternate({"interceptor": docker_run(runtime), "runc": docker_run("runc")},
                                            args.docker_pairs, rounds=rounds)

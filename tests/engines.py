@@ -64,6 +64,16 @@ def stop_process(process, timeout=30):
             process.wait()
 
 
+def unmount_under(directory):
+    """Unmount whatever an engine left mounted below directory (dockerd
+    keeps the network namespaces of its sandboxes, netns/default among
+    them after a --network host container, bind-mounted in its exec root)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    for point in sorted((p for p in points if p.startswith(directory.rstrip("/") + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def write_policy(path, data):
     with open(path, "w") as f:
         json.dump(data, f)
@@ -224,6 +234,7 @@ class Docker(object):
         if self.process is not None:
             stop_process(self.process)
             self.log.close()
+        unmount_under(self.base)
         self.residue.clean()
         shutil.rmtree(self.base, ignore_errors=True)
 

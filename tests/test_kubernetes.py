@@ -144,3 +144,33 @@ def test_the_handler_is_our_binary(cri, pyz):
     with open(os.path.join(cri.base, "containerd.log")) as f:
         log = f.read()
     assert pyz in log                     # the CRI plugin logs the handler's options
+
+
+def test_a_guardrail_refusal_fails_the_container_with_the_admins_message(cri, pod, tmp_path):
+    """A pod that mounts the directory holding a (test-made) Docker socket
+    is refused with the rule's message, which the CRI call returns (as
+    kubelet shows it in the pod's events); the pod's other containers run."""
+    import grpc
+    sockdir = tmp_path / "run"
+    sockdir.mkdir()
+    (sockdir / "docker.sock").write_text("")
+    with open(cri.policy_path, "rb") as f:
+        saved = f.read()
+    cri.write_policy({"version": 1, "rules": [
+        {"name": "no-docker-socket", "when": {"hostPaths": [str(sockdir / "docker.sock")]},
+         "deny": "the Docker socket is not for pods"},
+        {"name": "restricted", "preset": "restricted", "mode": "warn"}]})
+    try:
+        pod_id, config = pod("guarded", "dev")
+        with pytest.raises(grpc.RpcError) as info:
+            container_id = cri.create_container(pod_id, config, "refused", BUSYBOX, ["true"],
+                                                mounts=[("/h", str(sockdir))])
+            cri.cri.StartContainer(cri.pb.StartContainerRequest(container_id=container_id), timeout=60)
+        details = info.value.details()
+        assert "oci-interceptor: denied by rule no-docker-socket: the Docker socket is not for pods" in details, details
+        allowed = cri.create_container(pod_id, config, "allowed", BUSYBOX, ["true"])
+        cri.cri.StartContainer(cri.pb.StartContainerRequest(container_id=allowed), timeout=60)
+        assert cri.wait_exited(allowed).exit_code == 0
+    finally:
+        with open(cri.policy_path, "wb") as f:
+            f.write(saved)

@@ -140,3 +140,50 @@ def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz
     # Asked for, the device is looked for: the broken file is read (and named), the device not found.
     assert "cdi spec %s: skipped" % (cdi / "broken.json") in errors["asking"]
     assert "CDI device example.com/dev=zero: not found" in errors["asking"]
+
+
+GUARDRAIL_PROBE = PROBE.replace('    print(" ".join(loaded))\n',
+                                '    print(" ".join(loaded))\n'
+                                '    print(m._preset_table is None, m._capability_table is None)\n')
+# A call that applies no rule still checks the rules' shape: capability
+# names among them (41 of them, a set made once); the preset levels'
+# tables are built only where a preset is evaluated.
+
+
+def guardrail_probe(archive, config, *args):
+    """(modules loaded, preset tables not built, capability table not built)"""
+    environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG=config)
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", GUARDRAIL_PROBE, archive] + list(args), env=environ,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
+    _, loaded, untouched = out.stdout.splitlines()
+    presets, capabilities = untouched.split()
+    return set(loaded.split()), presets == "True", capabilities == "True"
+
+
+def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
+    """A create whose policy has no guardrail builds none of their tables;
+    one with guardrails builds them and still imports neither json, re nor
+    decimal (nor socket, which only syslog needs); a passthrough call
+    under a guardrail policy builds nothing."""
+    (tmp_path / "config.json").write_text('{"process": {"env": [], "capabilities": {"bounding": ["CAP_KILL"]}}, '
+                                          '"mounts": [{"destination": "/h", "type": "bind", "source": "/srv"}]}')
+    plain = tmp_path / "plain.json"
+    plain.write_text('{"version": 1, "env": ["A=1"], "rules": [{"name": "r", "when": {"hasBindMounts": true}, '
+                     '"env-force": ["B=2"]}]}')
+    guarded = tmp_path / "guarded.json"
+    guarded.write_text(json.dumps({"version": 1, "rules": [
+        {"preset": "baseline", "mode": "warn"}, {"preset": "restricted", "mode": "audit"},
+        {"name": "sock", "when": {"anyOf": [{"hostPaths": ["/var/run/docker.sock"]}, {"privileged": True}]},
+         "deny": "no"},
+        {"name": "clamp", "when": {"capabilities": ["KILL"]}, "capabilities": {"drop": ["ALL"]},
+         "limits": {"pids": 10, "memory": "1.5g", "cpus": 0.5}, "no-new-privileges": True}]}))
+    for config in (plain, guarded):
+        config.chmod(0o644)
+    create = ["--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"]
+    loaded, no_presets, no_capabilities = guardrail_probe(pyz, str(plain), *create)
+    assert no_presets and no_capabilities and not loaded & {"json", "re", "socket", "decimal"}, loaded
+    loaded, no_presets, no_capabilities = guardrail_probe(pyz, str(guarded), *create)
+    assert not no_presets and not no_capabilities and not loaded & {"json", "re", "socket", "decimal"}, loaded
+    assert json.loads((tmp_path / "config.json").read_text())["process"]["capabilities"] == {"bounding": []}
+    loaded, no_presets, _ = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
+    assert no_presets and not loaded & {"json", "re", "os", "socket"}, loaded
