@@ -1924,6 +1924,7 @@ class GuardrailState(object):
         self.findings = {}          # rule name -> the findings of its preset
         self.notes = []             # RuleNote of each warn or audit rule that would act
         self._cache = {}
+        self.lstats = {}            # path -> os.lstat result (None: nothing there)
         self._spec, self._spec_facts = None, {}
 
     def cached(self, key, make):
@@ -2286,12 +2287,14 @@ def resolve_host_path(state, path):
 
 
 def _lstat(state, path):
-    def look():
+    """os.lstat once per call (None: nothing there, or not to be looked at)."""
+    cache = state.lstats
+    if path not in cache:
         try:
-            return os.lstat(path)
+            cache[path] = os.lstat(path)
         except (OSError, ValueError):
-            return None
-    return state.cached(("lstat", path), look)
+            cache[path] = None
+    return cache[path]
 
 
 def _readlink(path):
