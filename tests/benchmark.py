@@ -197,6 +197,23 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
           "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(row["added"]),
                               ms(row["added_with_audit_log"]), ms(row["cpu_plain"]), ms(row["cpu_added"]),
                               ms(row["cpu_added_with_audit_log"])))
+    if shutil.which("valgrind"):
+        # Instructions, which no other load moves: the Python part of each side under callgrind
+        # (the same interpreter and archive; counted up to the exec of the runtime).
+        counts = {}
+        for name in ("plain", "guarded"):
+            restore()
+            out = os.path.join(work, "callgrind-%s.out" % name)
+            subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=execv", "--callgrind-out-file=" + out,
+                            PYTHON, "-I", "-S"] + sides[name][2:], env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=
+                                                                             sides[name][1].partition("=")[2]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            counts[name] = sum(int(line.split()[1]) for part in os.listdir(work) if part.startswith(
+                os.path.basename(out)) for line in open(os.path.join(work, part), errors="replace")
+                if line.startswith("summary:"))
+        row.update(instructions_plain=counts["plain"], instructions_added=counts["guarded"] - counts["plain"])
+        print("(f) instructions (callgrind): %.1f M without, %.2f M added (%.1f %%)" % (
+            counts["plain"] / 1e6, row["instructions_added"] / 1e6, 100.0 * row["instructions_added"] / counts["plain"]))
     return row
 
 
