@@ -1799,7 +1799,7 @@ def parse_condition(data, extended, compile_now=True):
         cond.commands = [_compile(p, ".commands[%d]" % i, compile_now) for i, p in enumerate(commands)]
     if "hostname" in data:
         cond.hostname = _compile(data["hostname"], ".hostname", compile_now)
-    if extended and any(key in data for key in _GUARDRAIL_CONDITIONS):
+    if extended and not data.keys().isdisjoint(_GUARDRAIL_CONDITIONS):
         cond.guards = parse_guard_conditions(data, compile_now)
     return cond
 
@@ -1962,6 +1962,7 @@ class GuardrailState(object):
         self.findings = {}          # rule name -> the findings of its preset
         self.notes = []             # RuleNote of each warn or audit rule that would act
         self._cache = {}
+        self.lstats = {}            # path -> os.lstat result (None: nothing there)
         self._spec, self._spec_facts = None, {}
 
     def cached(self, key, make):
@@ -2274,7 +2275,7 @@ class BindSource(object):
         self.mount = mount
         self.source = source            # as written (a relative one joined to the bundle)
         # symlinks and '..' resolved, as the mount would see it now; (device, inode) of it
-        self.resolved, self.identity = resolve_host_path(state, source)
+        self.resolved, self.identity, self.is_dir = resolve_host_path(state, source)
         self._state = state
         self._chain = None
 
@@ -2287,7 +2288,8 @@ class BindSource(object):
 
 def resolve_host_path(state, path):
     """(an absolute path resolved as the kernel resolves it now, (device,
-    inode) of what it leads to, or None when it does not exist), walking it
+    inode) of what it leads to or None when it does not exist, whether that
+    is a directory), walking it
     one lstat a component as _untrusted_step does: symlinks followed, '..'
     taken from what they led to. What does not exist is added as written
     (cleaned). Each component is looked at once per call."""
@@ -2319,17 +2321,19 @@ def resolve_host_path(state, path):
             if not todo:                                # the link was the last component
                 st = _lstat(state, current or "/")
     if missing or st is None:
-        return current or "/", None
-    return current or "/", (st.st_dev, st.st_ino)
+        return current or "/", None, False
+    return current or "/", (st.st_dev, st.st_ino), (st.st_mode & _S_IFMT) == _S_IFDIR
 
 
 def _lstat(state, path):
-    def look():
+    """os.lstat once per call (None: nothing there, or not to be looked at)."""
+    cache = state.lstats
+    if path not in cache:
         try:
-            return os.lstat(path)
+            cache[path] = os.lstat(path)
         except (OSError, ValueError):
-            return None
-    return state.cached(("lstat", path), look)
+            cache[path] = None
+    return cache[path]
 
 
 def _readlink(path):
@@ -2346,7 +2350,7 @@ def _chain_identities(state, paths):
     for path in paths:
         st = _lstat(state, path)
         if st is not None and (st.st_mode & _S_IFMT) == _S_IFLNK:
-            identity = resolve_host_path(state, path)[1]
+            identity = resolve_host_path(state, path)[1]          # where the symlink leads
         else:
             identity = (st.st_dev, st.st_ino) if st is not None else None
         if identity is not None:
@@ -2396,10 +2400,19 @@ class HostPath(object):
 
     def __init__(self, path, state):
         self.literal = path
-        self.resolved, self.identity = resolve_host_path(state, path)
-        paths = _path_chain(self.literal)
-        paths += [p for p in _path_chain(self.resolved) if p not in paths]
-        self.chain = _chain_identities(state, paths)
+        self.resolved, self.identity, self.is_dir = resolve_host_path(state, path)
+        self.names = (path,) if path == self.resolved else (path, self.resolved)
+        self._state = state
+        self._chain = None
+
+    def chain(self):
+        """The identities of the path and of every directory above it, as
+        named and as resolved."""
+        if self._chain is None:
+            paths = _path_chain(self.literal)
+            paths += [p for p in _path_chain(self.resolved) if p not in paths]
+            self._chain = _chain_identities(self._state, paths)
+        return self._chain
 
 
 def host_path(path, state):
@@ -2413,13 +2426,19 @@ def _same_or_under(path, parent):
 def reaches(bind, target):
     """Does the bind mount let the container reach the host path: is its
     source the path, inside it, or a directory above it, by name (as
-    resolved) or by identity (a hard link, another mount of it)?"""
-    for path in (target.literal, target.resolved):
+    resolved) or by identity (a hard link, another mount of it)? Only a
+    directory has anything inside it: the other identity checks are made
+    only where they can tell."""
+    for path in target.names:
         if _same_or_under(path, bind.resolved) or _same_or_under(bind.resolved, path):
             return True
-    if bind.identity is not None and bind.identity in target.chain:
+    if bind.identity is None:
+        return False
+    if bind.identity == target.identity:
         return True
-    return target.identity is not None and target.identity in bind.chain()
+    if bind.is_dir and bind.identity in target.chain():
+        return True
+    return target.is_dir and target.identity is not None and target.identity in bind.chain()
 
 
 def engine_managed(bind, spec, state):
@@ -2430,9 +2449,7 @@ def engine_managed(bind, spec, state):
     random), a named volume (.../volumes/NAME/_data, where Docker and
     Podman keep them), or the engine's init program (--init) bound
     read-only?"""
-    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
-    own = [state.container_id] + [annotations.get(key) for key in CRI_OWN_ID_ANNOTATIONS]
-    own = {i for i in own if isinstance(i, str) and len(i) >= 32 and "/" not in i}
+    own = state.of_spec(spec, "own ids", lambda: _own_ids(spec, state))
     parts = bind.resolved.split("/")
     if own & set(parts[:-1]):
         return True
@@ -2447,6 +2464,12 @@ def engine_managed(bind, spec, state):
             return False
         return (st.st_mode & _S_IFMT) == 0o100000 and st.st_mode & 0o111 and st.st_uid == 0
     return False
+
+
+def _own_ids(spec, state):
+    annotations = spec.get("annotations") if isinstance(spec.get("annotations"), dict) else {}
+    own = [state.container_id] + [annotations.get(key) for key in CRI_OWN_ID_ANNOTATIONS]
+    return {i for i in own if isinstance(i, str) and len(i) >= 32 and "/" not in i}
 
 
 def unsafe_sysctls(spec, safe):

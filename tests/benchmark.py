@@ -23,7 +23,9 @@ drift in the machine's load falls on both sides alike, and reports medians:
   (f) guardrails: the create of (b) with its policy in a config file, and
       the same file with 20 guardrail rules added (both presets, refusals on
       host paths, capabilities, namespaces, confinement, clamps), once
-      more with an audit log; the figure is what the rules add.
+      more with an audit log; the figure is what the rules add (median of
+      the paired differences), in wall time and in CPU time, which the
+      machine's other load moves less.
 
 Targets: (a) <= 1.25, (b) <= 2.0x the floor, (c) 10k env + 2k mounts under
 100 ms and linear growth, (d) <= 1.10x, (f) <= 1 ms.
@@ -155,6 +157,66 @@ def guardrail_rules():
     ]
 
 
+def guardrails_row(pyz, work, target, pristine, restore, pairs):
+    """(f): create of the config in target (restored to pristine before each
+    run) with a policy file, without and with 20 guardrail rules, and with
+    an audit log too; wall and CPU time, medians and medians of the paired
+    differences (each round runs every side, order rotating)."""
+    plain_policy = {"version": 1, "runtime-path": "/bin/true", "readonly-networking-mounts": True,
+                    "env": ["TZ=UTC"], "env-force": ["HTTP_PROXY=http://proxy:3128"]}
+    rules = guardrail_rules()
+    assert len(rules) == 20
+    policies = {"plain": plain_policy, "guarded": dict(plain_policy, rules=rules),
+                "audited": dict(plain_policy, rules=rules, **{"audit-log": os.path.join(work, "audit.log")})}
+    cgroups_path = json.loads(pristine.decode()).get("linux", {}).get("cgroupsPath", "")
+    container_id = cgroups_path.rpartition("/")[2] or "bench"     # Docker's own files are under its id
+    sides = {}
+    for name, data in policies.items():
+        path = os.path.join(work, "policy-%s.json" % name)
+        with open(path, "w") as f:
+            json.dump(data, f)
+        os.chmod(path, 0o644)
+        sides[name] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=" + path, pyz, "create", "--bundle", target,
+                       container_id]
+    restore()
+    probe = subprocess.run(sides["guarded"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if probe.returncode != 0:
+        raise RuntimeError("the guarded create failed: " + probe.stderr.decode())
+    cpu, rounds = {}, []
+    medians, _ = alternate(sides, pairs, before={name: restore for name in sides}, cpu=cpu, rounds=rounds)
+    row = dict(medians)
+
+    def paired(values, side):
+        return statistics.median(v[side] - v["plain"] for v in values)
+    cpu_rounds = [{name: cpu[name][i] for name in sides} for i in range(pairs)]
+    row.update(added=paired(rounds, "guarded"), added_with_audit_log=paired(rounds, "audited"),
+               cpu_plain=statistics.median(cpu["plain"]), cpu_added=paired(cpu_rounds, "guarded"),
+               cpu_added_with_audit_log=paired(cpu_rounds, "audited"))
+    print("(f) create with 20 guardrail rules: %s, without: %s -> median of paired differences %s added "
+          "(target <= 1 ms), %s with an audit log too; CPU time (user + system) %s without, %s added (%s with "
+          "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(row["added"]),
+                              ms(row["added_with_audit_log"]), ms(row["cpu_plain"]), ms(row["cpu_added"]),
+                              ms(row["cpu_added_with_audit_log"])))
+    if shutil.which("valgrind"):
+        # Instructions, which no other load moves: the Python part of each side under callgrind
+        # (the same interpreter and archive; counted up to the exec of the runtime).
+        counts = {}
+        for name in ("plain", "guarded"):
+            restore()
+            out = os.path.join(work, "callgrind-%s.out" % name)
+            subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=execv", "--callgrind-out-file=" + out,
+                            PYTHON, "-I", "-S"] + sides[name][2:], env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=
+                                                                             sides[name][1].partition("=")[2]),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            counts[name] = sum(int(line.split()[1]) for part in os.listdir(work) if part.startswith(
+                os.path.basename(out)) for line in open(os.path.join(work, part), errors="replace")
+                if line.startswith("summary:"))
+        row.update(instructions_plain=counts["plain"], instructions_added=counts["guarded"] - counts["plain"])
+        print("(f) instructions (callgrind): %.1f M without, %.2f M added (%.1f %%)" % (
+            counts["plain"] / 1e6, row["instructions_added"] / 1e6, 100.0 * row["instructions_added"] / counts["plain"]))
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200, help="rounds for (a), (b) (default 200)")
@@ -263,41 +325,7 @@ def main():
                                                       rss["floor"]))
 
             # (f) guardrails: the same create, policy in a file, with and without 20 guardrail rules
-            plain_policy = {"version": 1, "runtime-path": "/bin/true", "readonly-networking-mounts": True,
-                            "env": ["TZ=UTC"], "env-force": ["HTTP_PROXY=http://proxy:3128"]}
-            rules = guardrail_rules()
-            assert len(rules) == 20
-            policies = {"plain": plain_policy, "guarded": dict(plain_policy, rules=rules),
-                        "audited": dict(plain_policy, rules=rules, **{"audit-log": os.path.join(work, "audit.log")})}
-            cgroups_path = json.loads(pristine.decode()).get("linux", {}).get("cgroupsPath", "")
-            container_id = cgroups_path.rpartition("/")[2] or "bench"     # Docker's own files are under its id
-            sides = {}
-            for name, data in policies.items():
-                path = os.path.join(work, "policy-%s.json" % name)
-                with open(path, "w") as f:
-                    json.dump(data, f)
-                os.chmod(path, 0o644)
-                sides[name] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=" + path, pyz, "create", "--bundle", target,
-                               container_id]
-            restore()
-            probe = subprocess.run(sides["guarded"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if probe.returncode != 0:
-                raise RuntimeError("the guarded create failed: " + probe.stderr.decode())
-            cpu = {}
-            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides}, cpu=cpu)
-            results["f"] = {name: medians[name] for name in sides}
-            results["f"]["added"] = medians["guarded"] - medians["plain"]
-            results["f"]["added_with_audit_log"] = medians["audited"] - medians["plain"]
-            # CPU time (user + system) is less moved by the machine's other load than wall time.
-            cpu_added = statistics.median(g - p for g, p in zip(cpu["guarded"], cpu["plain"]))
-            cpu_audited = statistics.median(a - p for a, p in zip(cpu["audited"], cpu["plain"]))
-            results["f"].update(cpu_plain=statistics.median(cpu["plain"]), cpu_added=cpu_added,
-                                cpu_added_with_audit_log=cpu_audited)
-            print("(f) create with 20 guardrail rules: %s, without: %s -> %s added (target <= 1 ms); with an audit "
-                  "log too: %s (%s added); CPU time %s without, median of paired differences %s added (%s with "
-                  "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(results["f"]["added"]),
-                                      ms(medians["audited"]), ms(results["f"]["added_with_audit_log"]),
-                                      ms(results["f"]["cpu_plain"]), ms(cpu_added), ms(cpu_audited)))
+            results["f"] = guardrails_row(pyz, work, target, pristine, restore, args.pairs)
 
             # (c) scale
             base = json.loads(pristine.decode())

@@ -255,6 +255,23 @@ def test_host_paths_inside_a_named_directory_and_relative_sources(socket_tree):
                        context(str(socket_tree / "other")))
 
 
+def test_host_paths_see_another_mount_of_a_directory_by_its_identity(socket_tree):
+    """A directory mounted elsewhere on the host (here run bound at alias):
+    its names differ, its identity does not."""
+    alias = socket_tree / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(socket_tree / "run"), str(alias)], check=True)
+    try:
+        for source in ("alias", "alias/docker.sock"):
+            assert matches({"hostPaths": [str(socket_tree / "run" / "docker.sock")]},
+                           docker_spec(b=bind(str(socket_tree / source)))), source
+        assert matches({"hostPaths": [str(socket_tree / "run")]}, docker_spec(b=bind(str(alias / "docker.sock"))))
+        assert not matches({"hostPaths": [str(socket_tree / "run" / "docker.sock")]},
+                           docker_spec(b=bind(str(socket_tree / "other"))))
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
+
+
 def test_host_paths_look_at_bind_mounts_only(socket_tree):
     target = {"hostPaths": [str(socket_tree / "run" / "docker.sock")]}
     tmpfs = docker_spec(m=lambda s: s["mounts"].append({"destination": "/t", "type": "tmpfs",
