@@ -84,3 +84,18 @@ def test_readme_podman_snippet_is_what_the_program_prints():
 def test_readme_containerd_snippet_is_what_the_program_prints():
     (block,) = toml_blocks_after("## Register it with containerd")
     assert block in printed_snippet("containerd")
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree():
+    import subprocess
+    tracked = subprocess.run(["git", "-C", REPO, "ls-files"], stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout.split()
+    for name in tracked:
+        path = os.path.join(REPO, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+        marked = [i + 1 for i, line in enumerate(lines)
+                  if line.startswith((b"<<<<<<< ", b">>>>>>> ")) or line == b"======="]
+        assert not marked, (name, marked)
