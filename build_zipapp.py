@@ -15,6 +15,26 @@ any other interpreter version ignores that .pyc and compiles the source,
 which is in the archive too. Building with Python older than 3.7 (no
 hash-based .pyc) ships the source alone.
 
+Loading on demand. The module marks the code that most calls never run
+(systemd mode, JSON patches, --oi-register, --oi-check-config, ...) as
+on-demand blocks, between a line `# [on-demand: NAME]` and a line
+`# [end on-demand: NAME]` (a block may span several such ranges of one
+NAME). In the .pyc, each block is compiled on its own and kept as marshalled
+bytes; where it stood, each of its functions that code outside it uses is
+bound to a small stub instead. A stub's first call
+runs the block's code in the module's namespace, which binds the real
+functions, then calls the real one; tables that hold a stub keep working.
+So a call unmarshals and builds only the code it runs. The source file
+itself holds all code and no stub: running it, importing it (the tests),
+and the .py fallback in the archive are unchanged. `_ON_DEMAND_LOADED` in
+the .pyc's module lists the blocks loaded so far (tests/test_startup.py
+reads it). Rules, checked by the build, each breach a build error naming
+the line: a block holds only definitions (functions, classes, constants,
+imports), whole top-level statements, and changes nothing defined outside
+it; its names are its own; its classes and constants are used only inside
+it (its functions anywhere). Its constants are computed when it loads.
+Building with Python older than 3.8 compiles the module whole.
+
 The build is reproducible: the same sources and interpreter give the same
 bytes (fixed entry order, timestamps and permissions; the .pyc records a hash
 of the source, not a time).
@@ -31,6 +51,7 @@ usage: python3 build_zipapp.py [--output PATH] [--python INTERPRETER]
 import argparse
 import os
 import py_compile
+import re
 import stat
 import sys
 import tempfile
@@ -241,16 +262,250 @@ def module_version(source):
 
 def bytecode(source_path):
     """The module's .pyc, or None where this Python cannot make a
-    hash-based one."""
+    hash-based one. With Python 3.8 and newer, its on-demand blocks are
+    split off (see compile_split)."""
     mode = getattr(py_compile, "PycInvalidationMode", None)
     if mode is None:
         return None
+    if sys.version_info >= (3, 8):
+        import importlib.util
+        import marshal
+        with open(source_path, "rb") as f:
+            source = f.read()
+        code, _ = compile_split(source.decode("utf-8"), MODULE)
+        # What py_compile writes for an unchecked hash-based .pyc (PEP 552):
+        # flags 0b01, the source's hash, the code.
+        return (importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")  # novermin: 3.8+ only,
+                + importlib.util.source_hash(source) + marshal.dumps(code))  # checked just above
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "module.pyc")
         py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,  # novermin: 3.7+ only,
                            invalidation_mode=mode.UNCHECKED_HASH)                # checked just above
         with open(target, "rb") as f:
             return f.read()
+
+
+# On-demand blocks (see the docstring): the markers, and what the .pyc gets
+# in place of the blocks.
+ON_DEMAND_BEGIN = re.compile(r"# \[on-demand: ([a-z0-9][a-z0-9-]*)\]$")
+ON_DEMAND_END = re.compile(r"# \[end on-demand: ([a-z0-9][a-z0-9-]*)\]$")
+
+ON_DEMAND_LOADER = '''
+def _on_demand(block, name):
+    if block not in _ON_DEMAND_LOADED:
+        import marshal
+        _ON_DEMAND_LOADED.append(block)
+        try:
+            exec(marshal.loads(_ON_DEMAND[block]), globals())
+        except BaseException:
+            _ON_DEMAND_LOADED.remove(block)
+            raise
+    return globals()[name]
+
+
+def _on_demand_stub(block, name):
+    def stub(*args, **kwargs):
+        return _on_demand(block, name)(*args, **kwargs)
+    stub.__name__ = stub.__qualname__ = name
+    return stub
+
+
+_ON_DEMAND_LOADED = []
+'''
+ON_DEMAND_NAMES = ("_on_demand", "_on_demand_stub", "_ON_DEMAND_LOADED", "_ON_DEMAND")
+
+# How bytecode names a global (or, at module level, a module-level name).
+_GLOBAL_NAME_OPS = frozenset(("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME", "STORE_NAME",
+                              "DELETE_NAME", "LOAD_FROM_DICT_OR_GLOBALS"))
+
+
+def on_demand_ranges(lines, filename=MODULE):
+    """[(block name, begin marker line, end marker line)] of the source's
+    lines (numbered from 1), in order."""
+    ranges, open_ = [], None
+    for number, line in enumerate(lines, 1):
+        begin, end = ON_DEMAND_BEGIN.match(line), ON_DEMAND_END.match(line)
+        if not (begin or end) and "on-demand:" in line and line.startswith("#"):
+            _fail(filename, number, "not an on-demand marker: expected '# [on-demand: NAME]' or "
+                                    "'# [end on-demand: NAME]' at the start of a line")
+        if begin:
+            if open_:
+                _fail(filename, number, "block %s begins inside block %s (line %d)" % (
+                    begin.group(1), open_[0], open_[1]))
+            open_ = (begin.group(1), number)
+        elif end:
+            if not open_ or open_[0] != end.group(1):
+                _fail(filename, number, "end of block %s, which is not open here" % end.group(1))
+            ranges.append((open_[0], open_[1], number))
+            open_ = None
+    if open_:
+        _fail(filename, open_[1], "block %s has no end marker" % open_[0])
+    return ranges
+
+
+def _fail(filename, line, problem):
+    raise SystemExit("build_zipapp: %s:%d: %s" % (filename, line, problem))
+
+
+def _bound_names(stmt, filename):
+    """The module-level names a definition binds; anything that is not a
+    definition is a build error."""
+    import ast
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [stmt.name]
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = list(stmt.targets) if isinstance(stmt, ast.Assign) else [stmt.target]
+        names = []
+        while targets:
+            target = targets.pop(0)
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets[0:0] = target.elts
+            elif isinstance(target, ast.Name):
+                names.append(target.id)
+            else:
+                _fail(filename, stmt.lineno, "an on-demand block binds only names: it must not change "
+                                             "what is defined outside it")
+        return names
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        if any(alias.name == "*" for alias in stmt.names):
+            _fail(filename, stmt.lineno, "no import * in an on-demand block")
+        return [alias.asname or alias.name.partition(".")[0] for alias in stmt.names]
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+        return []
+    if isinstance(stmt, ast.Pass):
+        return []
+    _fail(filename, stmt.lineno, "an on-demand block holds only definitions (functions, classes, "
+                                 "constants, imports), not a %s statement" % type(stmt).__name__)
+
+
+def _global_names(code, top=True):
+    """{name: a line using it} of the globals code uses or binds (at module
+    level: the names), through every code object nested in it. A class
+    body's names count as globals (it may read them)."""
+    import dis
+    names = {}
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_NAME_OPS and (top or instruction.opname not in ("STORE_NAME",
+                                                                                           "DELETE_NAME")):
+            positions = getattr(instruction, "positions", None)
+            line = positions.lineno if positions is not None else instruction.starts_line
+            names.setdefault(instruction.argval, line or code.co_firstlineno)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            for name, line in _global_names(const, top=False).items():
+                names.setdefault(name, line)
+    return names
+
+
+def _stored_names(code, top=True):
+    """The module-level names code binds: at its top level, and by `global`
+    anywhere."""
+    import dis
+    names = set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") or (
+                top and instruction.opname in ("STORE_NAME", "DELETE_NAME")):
+            names.add(instruction.argval)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names |= _stored_names(const, top=False)
+    return names
+
+
+def compile_split(source, filename=MODULE):
+    """(code of the module, {block: code}): the module compiled with its
+    on-demand blocks left out, and in their place the loader and the stubs
+    (see the docstring); each block compiled on its own. Breaking a rule is
+    a SystemExit naming the line. Python 3.8 or newer."""
+    import ast
+    import marshal
+    ranges = on_demand_ranges(source.splitlines(), filename)
+    if not ranges:
+        return compile(source, filename, "exec", dont_inherit=True), {}
+    tree = ast.parse(source, filename)
+    main, blocks, range_of = [], {}, {}
+    for stmt in tree.body:
+        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        inside = [r for r in ranges if r[1] < start < r[2]]
+        for name, begin, end in ranges:
+            for marker in (begin, end):
+                if start < marker <= stmt.end_lineno:
+                    _fail(filename, marker, "the on-demand marker lies inside the statement of line %d" % start)
+        if inside:
+            blocks.setdefault(inside[0][0], []).append(stmt)
+            range_of[id(stmt)] = inside[0]
+        else:
+            main.append(stmt)
+    for name, begin, end in ranges:
+        if not any(range_of.get(id(s)) == (name, begin, end) for s in tree.body):
+            _fail(filename, begin, "block %s is empty" % name)
+
+    def compiled(body):
+        return compile(ast.Module(body=body, type_ignores=[]), filename, "exec", dont_inherit=True)
+
+    main_code = compiled(main)
+    main_bound = _stored_names(main_code)
+    owner, functions, codes = {}, {}, {}
+    for block, stmts in blocks.items():
+        counts = {}
+        for stmt in stmts:
+            for name in _bound_names(stmt, filename):
+                counts[name] = counts.get(name, 0) + 1
+                if name in owner and owner[name][0] != block:
+                    _fail(filename, stmt.lineno, "%s is bound in block %s too (line %d)" % (
+                        name, owner[name][0], owner[name][1]))
+                if name in main_bound or name in ON_DEMAND_NAMES:
+                    _fail(filename, stmt.lineno, "%s is bound outside block %s too" % (name, block))
+                owner.setdefault(name, (block, stmt.lineno))
+        functions[block] = [s.name for s in stmts if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                            and counts[s.name] == 1]
+        codes[block] = compiled(stmts)
+
+    def check_uses(code, where):
+        """Names used by code (main, or block `where`) that belong to
+        another block: its functions (returned), else a build error."""
+        used = set()
+        for name, line in sorted(_global_names(code).items(), key=lambda item: item[1] or 0):
+            if name not in owner or owner[name][0] == where:
+                continue
+            block, defined = owner[name]
+            if name not in functions[block]:
+                _fail(filename, line or 0, "%s, a class or constant of on-demand block %s (line %d), is "
+                                           "used outside it: move it out of the block, or its users in"
+                                           % (name, block, defined))
+            used.add(name)
+        return used
+
+    stubbed = check_uses(main_code, None)
+    for block, code in codes.items():
+        stubbed |= check_uses(code, block)
+
+    def at_line(nodes, line):
+        for node in nodes:
+            for child in ast.walk(node):
+                if "lineno" in child._attributes:
+                    child.lineno = child.end_lineno = line
+                    child.col_offset = child.end_col_offset = 0
+        return nodes
+
+    loader = ast.parse(ON_DEMAND_LOADER).body + [ast.Assign(
+        targets=[ast.Name(id="_ON_DEMAND", ctx=ast.Store())],
+        value=ast.Dict(keys=[ast.Constant(value=block) for block in sorted(codes)],
+                       values=[ast.Constant(value=marshal.dumps(codes[block])) for block in sorted(codes)]))]
+    body, done = [], False
+    for stmt in tree.body:
+        where = range_of.get(id(stmt))
+        if where is None:
+            body.append(stmt)
+            continue
+        if not done:
+            body.extend(at_line(loader, where[1]))
+            done = True
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name in stubbed:
+            stub = ast.parse("%s = _on_demand_stub(%r, %r)" % (stmt.name, where[0], stmt.name)).body
+            body.extend(at_line(stub, where[1]))
+    module = ast.Module(body=body, type_ignores=[])
+    return compile(module, filename, "exec", dont_inherit=True), codes
 
 
 def shell_word(text):

@@ -23,6 +23,33 @@ Standard library only, valid Python 3.6 and newer. Modules that a plain
 passthrough call does not need (json, re, difflib, ...) are imported inside
 the functions that use them, so forwarding `state` or `start` costs little
 more than starting the interpreter.
+
+Loading on demand. Code that most calls never run -- a feature a policy may
+not use (systemd mode, JSON patches, hooks directories, debug output), or a
+call of its own (--oi-register, --oi-check-config, --oi-dry-run, --oi-help)
+-- sits between two marker lines, at the start of a line:
+
+    # [on-demand: NAME]
+    def feature_edit(spec, value):
+        ...
+    # [end on-demand: NAME]
+
+In the .pyz, build_zipapp.py compiles each such block apart and leaves in
+its place a stub for each of its functions that code outside it calls: the
+block's code is unmarshalled and run (in this module's namespace) only when
+a call first needs one of them, so every other call starts about as fast as
+if the block did not exist.
+Here, in the source, nothing changes: run or import this file and all code
+is there. When a new feature or call is not needed by most containers, mark
+its code so (a block may be split into several ranges of the same NAME, say
+one per section, each kept where its code belongs). The build checks the
+rules and names the line of a breach: a block holds only whole top-level
+definitions (functions, classes, constants, imports) that change nothing
+outside it; code outside a block may call its functions (tables may hold
+them) but not use its classes or constants, which belong to the block alone
+and are computed when it loads; so a constant that others need (like
+SYSTEMD_ANNOTATION) stays outside. tests/test_startup.py checks that a
+create whose policy uses no such feature loads no block.
 """
 
 import posix
@@ -381,6 +408,7 @@ def adapt_drop_in(argv0, args):
     return args
 
 
+# [on-demand: help]
 def help_text():
     lines = [
         "usage: %s [--oi-FLAG ...] [RUNTIME GLOBAL OPTIONS] COMMAND [ARGS ...]" % PROG,
@@ -455,6 +483,7 @@ def _wrap(text, indent, width=78):
     if line.strip():
         out.append(line.rstrip())
     return out
+# [end on-demand: help]
 
 
 # ---------------------------------------------------------------------------
@@ -1042,6 +1071,7 @@ def _valid_annotations(value):
     return value
 
 
+# [on-demand: json-patch]
 def _valid_merge_patch(value):
     if not isinstance(value, dict):
         raise ValueError("expected a JSON merge patch object (RFC 7386), found %s" % _json_text(value))
@@ -1065,6 +1095,7 @@ def _valid_json_patch(value):
         if kind == "move" and (op["path"] + "/").startswith(op["from"] + "/") and op["path"] != op["from"]:
             raise PathError(where, "cannot move a value into itself")
     return value
+# [end on-demand: json-patch]
 
 
 def _load_hook_config_file(path):
@@ -1100,6 +1131,7 @@ def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     return raw, st
 
 
+# [on-demand: hooks-dir]
 def _load_hooks_dirs(directories):
     """OCI hooks 1.0.0 files of the directories, as Podman and CRI-O read
     them: *.json only, a later directory masks a file of the same name,
@@ -1163,6 +1195,7 @@ def _load_hook_file(path):
     for stage in stages:
         hooks.setdefault(stage, [hook])
     return Rule("hooks.d %s" % os.path.basename(path), when, {"hooks": hooks}, path)
+# [end on-demand: hooks-dir]
 
 
 # ---------------------------------------------------------------------------
@@ -2017,6 +2050,7 @@ class EditContext(object):
     own_systemd_cgroup = property(lambda self: self._fact("own_systemd_cgroup"))
 
 
+# [on-demand: systemd]
 def host_cgroup_mounts(lines=None):
     """What /proc/self/mountinfo (or these lines of it) says: cgroup_version
     2 when the mount on top at /sys/fs/cgroup is cgroup2, else 1 (legacy or
@@ -2333,8 +2367,10 @@ def created_in_systemd_mode(runtime, global_args, container_id):
         except (InterceptorError, ValueError):
             return False
     return isinstance(annotations, dict) and annotations.get(SYSTEMD_ANNOTATION) == "true"
+# [end on-demand: systemd]
 
 
+# [on-demand: json-patch]
 def edit_merge_patch(spec, patch):
     """RFC 7386 JSON merge patch over the whole config."""
     changes = []
@@ -2375,6 +2411,7 @@ def edit_json_patch(spec, operations):
     spec.clear()
     spec.update(document)
     return ["json-patch: %s %s" % (op["op"], op["path"]) for op in operations if op["op"] != "test"]
+# [end on-demand: json-patch]
 
 
 def edit_runtime_path(spec, path, context):
@@ -2888,6 +2925,7 @@ def _copy_json(value):
     return value
 
 
+# [on-demand: json-patch]
 def parse_pointer(pointer):
     """An RFC 6901 JSON pointer -> list of reference tokens."""
     if not isinstance(pointer, str):
@@ -3000,6 +3038,7 @@ def _patch_remove(document, pointer):
     parent, key = _locate(document, tokens)
     del parent[key]
     return document
+# [end on-demand: json-patch]
 
 
 # ---------------------------------------------------------------------------
@@ -3312,6 +3351,7 @@ def write_record(root, container_id, record):
     _remove_stale_records(directory)
 
 
+# [on-demand: records-gc]
 def runtime_of_root(root):
     """The runtime every recorded container under this --root has, if they
     all have the same one (for calls that name no container: list)."""
@@ -3399,6 +3439,7 @@ def _remove_stale_records(directory):
 def _unescape(text):
     import urllib.parse
     return urllib.parse.unquote(text, errors="surrogateescape")
+# [end on-demand: records-gc]
 
 
 # ---------------------------------------------------------------------------
@@ -3495,6 +3536,7 @@ def debug_file_stem(hostname, container_id):
     return name
 
 
+# [on-demand: debug-output]
 def _open_debug_dir(directory):
     """An fd of the debug directory, created 0700 if missing. Never through a
     symlink, and only a directory of our own that no one else can write:
@@ -3605,6 +3647,7 @@ def _is_utf8(raw):
         return True
     except UnicodeDecodeError:
         return False
+# [end on-demand: debug-output]
 
 
 
@@ -3636,6 +3679,7 @@ def exec_runtime(runtime, runtime_args):
         raise InterceptorError("cannot execute runtime %s: %s" % (runtime, exc.strerror))
 
 
+# [on-demand: register]
 def register(opts, argv0):
     """--oi-register ENGINE, or --oi-unregister ENGINE (opts.register names
     the engine for both): returns the text to print."""
@@ -4064,6 +4108,7 @@ def unregister_docker(name, daemon_json):
     lines.extend("  " + change for change in changes)
     lines.append(DOCKER_APPLY)
     return "\n".join(lines) + "\n"
+# [end on-demand: register]
 
 
 def remember_passthrough(argv0, opts, call, policy):
@@ -4131,6 +4176,7 @@ def _stat_signature(st):
         st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9, st.st_uid, st.st_gid, st.st_mode & 0o7777)
 
 
+# [on-demand: check-config]
 def check_config_report(policy):
     """The --oi-check-config summary: where the policy comes from (resolved
     paths), and every rule's conditions and actions in full. When the
@@ -4214,8 +4260,10 @@ def _condition_text(cond):
 
 def _full_json_text(value):
     return serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
+# [end on-demand: check-config]
 
 
+# [on-demand: dry-run]
 def dry_run_report(call, policy, runtime, runtime_args):
     """The --oi-dry-run report: what this call would do."""
     lines = ["%s dry run: nothing is written or executed" % PROG]
@@ -4242,6 +4290,7 @@ def dry_run_report(call, policy, runtime, runtime_args):
             runtime_args = systemd_kill_args(call, runtime, runtime_args)
     lines.append("would exec: %s" % " ".join(shell_quote(a) for a in [runtime] + runtime_args))
     return "\n".join(lines) + "\n"
+# [end on-demand: dry-run]
 
 
 def run(argv0, args):
@@ -4368,6 +4417,7 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     return runtime, runtime_args, None
 
 
+# [on-demand: record-delete]
 def delete_and_forget(call, runtime, runtime_args):
     """delete of a recorded container: the runtime runs as our child (same
     stdio; the signals we get are passed on), and the record goes once the
@@ -4396,6 +4446,7 @@ def delete_and_forget(call, runtime, runtime_args):
     if code == 0:
         write_record(call.root, call.container_id, None)
     return code
+# [end on-demand: record-delete]
 
 
 def main(argv0=None, args=None):
