@@ -66,10 +66,28 @@ FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 PREAMBLE = """#!/bin/sh
 # oci-interceptor {version}: a Python zip application; the zip archive follows
 # this /bin/sh preamble.
-{fast_path}exec {python} -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]);import oci_interceptor as m;sys.exit(m.main(sys.argv[1],sys.argv[2:]))' "$0" "$@"
+{fast_path}exec {python_call}
 # Never reached; makes the archive below a here-document, so the whole file
 # stays valid shell (sh -n, lintian).
 : <<'OCI_INTERCEPTOR_ZIP_ARCHIVE'
+"""
+
+# What the preamble runs in Python (no single quote in it): the module loaded
+# from the archive ("$0") by zipimport's get_code -- bytecode, or the source
+# compiled where the .pyc is another interpreter's -- and run, then main.
+# Not `import`: zipimport would then unmarshal the .pyc twice, once more to
+# learn the file name for the module's spec (CPython issue 141276).
+LOAD_MODULE = (
+    'import sys,zipimport;z=zipimport.zipimporter(sys.argv[1]);c=z.get_code("%(name)s");'
+    'm=sys.modules["%(name)s"]=type(sys)("%(name)s");m.__loader__=z;'
+    'm.__file__=sys.argv[1]+("/%(source)sc" if c.co_filename=="%(source)s" else "/%(source)s");exec(c,m.__dict__)'
+    % {"name": MODULE[:-len(".py")], "source": MODULE})
+RUN_MODULE = LOAD_MODULE + ";sys.exit(m.main(sys.argv[1],sys.argv[2:]))"
+
+# A create, run or restore starts Python at once, before the shell reads the
+# fast path below: any call with such a word among its arguments does (an
+# argument that merely reads so is left to Python too, which is always right).
+EDITING_EXIT = """case " $* " in {words}) exec {python_call} ;; esac
 """
 
 # The fast path: a call that cannot edit anything and logs nothing (no config
@@ -538,8 +556,12 @@ def build(output, python, fast=True):
     os.makedirs(out_dir, exist_ok=True)
     temp = output + ".tmp"
     with open(temp, "wb") as f:
-        preamble = PREAMBLE.format(version=version, python=shell_word(python),
-                                   fast_path=fast_path(_module()) if fast else "")
+        python_call = "%s -I -S -c %s \"$0\" \"$@\"" % (shell_word(python), shell_word(RUN_MODULE))
+        module = _module()
+        early = EDITING_EXIT.format(python_call=python_call, words="|".join(
+            '*" %s "*' % word for word in sorted(module.EDITING_COMMANDS)))
+        preamble = PREAMBLE.format(version=version, python_call=python_call,
+                                   fast_path=early + fast_path(module) if fast else "")
         f.write(preamble.encode("utf-8"))
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for name, data in sorted(entries):
