@@ -609,7 +609,6 @@ def _load_config_file(path, explicit, policy):
     not run every container without its policy. Keeps in the policy what
     remember_passthrough needs: the stat of the descriptor read, and of the
     directory before the file was opened."""
-    import errno
     try:
         dir_stat = posix.stat(path.rpartition("/")[0] or "/") if path.startswith("/") else None
     except OSError:
@@ -617,6 +616,7 @@ def _load_config_file(path, explicit, policy):
     try:
         read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
     except ConfigError as exc:
+        import errno
         if explicit and getattr(exc, "errno", None) == errno.ENOENT:
             raise ConfigError("%s (named by %s)" % (exc, explicit))
         raise
@@ -1118,10 +1118,10 @@ def _load_hook_config_file(path):
 def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     """(raw, stat) of a policy file root must own; None if missing_ok and
     the file does not exist."""
-    import errno
     try:
         raw, st = read_config(path, follow_symlinks=True)
     except ReadError as exc:
+        import errno
         if missing_ok and exc.errno == errno.ENOENT:
             return None
         error = ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
@@ -1319,12 +1319,12 @@ class RuntimeCall(object):
         """The config.json the runtime will read, as an absolute path."""
         if self.unreadable is not None:
             raise InterceptorError("cannot read the runtime's command line: %s" % self.unreadable)
-        bundle = os.path.abspath(self.bundle or ".")
+        bundle = path_abspath(self.bundle or ".")
         if self.config_file is None or self.config_file == "config.json":
             # crun resolves any other -f against the directory it started
             # in, but opens "config.json" itself in the bundle.
-            return os.path.join(bundle, "config.json")
-        return os.path.abspath(self.config_file)
+            return path_join(bundle, "config.json")
+        return path_abspath(self.config_file)
 
 
 def parse_runtime_call(args):
@@ -1538,6 +1538,53 @@ def getenv(name):
     """os.environ.get(name) without importing os."""
     value = posix.environ.get(name.encode())
     return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+# os.path's abspath, normpath, join and split for str paths, without
+# importing os (a create needs only these of it).
+
+def path_abspath(path):
+    """os.path.abspath(path)."""
+    if not path.startswith("/"):
+        path = path_join(posix.getcwd(), path)
+    return path_normpath(path)
+
+
+def path_normpath(path):
+    """os.path.normpath(path): "." and ".." steps and repeated slashes
+    resolved by the text alone (POSIX keeps two leading slashes)."""
+    native = getattr(posix, "_path_normpath", None)        # Python 3.11+
+    if native is not None:
+        return native(path) or "."
+    if not path:
+        return "."
+    slashes = 2 if path.startswith("//") and not path.startswith("///") else 1 if path.startswith("/") else 0
+    parts = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part != ".." or (not slashes and not parts) or (parts and parts[-1] == ".."):
+            parts.append(part)
+        elif parts:
+            parts.pop()
+    return "/" * slashes + "/".join(parts) or "."
+
+
+def path_join(directory, name):
+    """os.path.join(directory, name)."""
+    if name.startswith("/"):
+        return name
+    if not directory or directory.endswith("/"):
+        return directory + name
+    return directory + "/" + name
+
+
+def path_split(path):
+    """os.path.split(path): (directory, last part)."""
+    head, tail = path[:path.rfind("/") + 1], path[path.rfind("/") + 1:]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head, tail
 
 
 # ---------------------------------------------------------------------------
@@ -1824,11 +1871,10 @@ def _may_carry_submounts(source):
     source that cannot be looked at (relative, unreadable) may."""
     if not isinstance(source, str) or not source.startswith("/"):
         return True
-    import errno
-    import stat
     try:
-        return stat.S_ISDIR(os.stat(source).st_mode)
+        return (posix.stat(source).st_mode & _S_IFMT) == _S_IFDIR
     except OSError as exc:
+        import errno
         return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
     except ValueError:
         return True
@@ -2521,8 +2567,7 @@ def _mount_destination(mounts, index):
 
 def _clean_path(path):
     """'/etc//hosts/' -> '/etc/hosts', as runtimes clean a destination."""
-    import posixpath
-    return posixpath.normpath("/" + path.lstrip("/")) if path else path
+    return path_normpath("/" + path.lstrip("/")) if path else path
 
 
 def _is_under(path, parent):
@@ -2723,30 +2768,36 @@ def _go_fold(key):
     return key.translate(_FOLD_TO_ASCII).lower()
 
 
+_CONTAINER_TYPES = frozenset((dict, list))
+
+
 def check_keys_as_go_reads_them(spec):
     """None, or the first problem: a nesting deeper than MAX_CONFIG_DEPTH,
     or keys of a runtime-spec object that Go would read differently from
-    us (see SPEC_FIELDS)."""
-    global _FOLDED_FIELDS
-    if _FOLDED_FIELDS is None:
-        _FOLDED_FIELDS = {_go_fold(name): name for name in SPEC_FIELDS}
-    # (value, depth, where, kind): kind "struct" (key rules apply), "map"
-    # (a map of structs) or "data" (no key rules).
-    stack = [(spec, 1, "", "struct")]
+    us (see SPEC_FIELDS). spec: as parse_json makes it (plain dicts and
+    lists)."""
+    # (value, depth, path, kind): path is None for the top, else (the
+    # parent's path, key or index), made text only for a message; kind
+    # "struct" (key rules apply), "map" (a map of structs) or "data" (no
+    # key rules).
+    stack = [(spec, 1, None, "struct")]
     while stack:
-        value, depth, where, kind = stack.pop()
+        value, depth, path, kind = stack.pop()
         if depth > MAX_CONFIG_DEPTH:
-            top = where.partition(".")[0].partition("[")[0]
+            top = _path_where(path).partition(".")[0].partition("[")[0]
             return "nested deeper than %d levels (under %s); refusing it" % (MAX_CONFIG_DEPTH, _json_text(top))
         if isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1, "%s[%d]" % (where, index), kind))
+            if not _CONTAINER_TYPES.isdisjoint(map(type, value)):
+                for index, item in enumerate(value):
+                    if isinstance(item, (dict, list)):
+                        stack.append((item, depth + 1, (path, index), kind))
             continue
         if kind == "struct":
-            problem = _struct_keys_problem(value, where)
+            problem = _struct_keys_problem(value, path)
             if problem:
                 return problem
+        if _CONTAINER_TYPES.isdisjoint(map(type, value.values())):
+            continue        # (screened at C speed: most lists and objects hold no other)
         for key, item in value.items():
             if not isinstance(item, (dict, list)):
                 continue
@@ -2759,11 +2810,32 @@ def check_keys_as_go_reads_them(spec):
                     child = "struct"
             else:
                 child = "struct" if kind == "map" else "data"
-            stack.append((item, depth + 1, (where + "." if where else "") + key, child))
+            stack.append((item, depth + 1, (path, key), child))
     return None
 
 
-def _struct_keys_problem(obj, where):
+def _path_where(path):
+    """A path of check_keys_as_go_reads_them as text: "linux.devices[2]"."""
+    steps = []
+    while path is not None:
+        path, step = path
+        steps.append(step)
+    where = ""
+    for step in reversed(steps):
+        if isinstance(step, int):
+            where = "%s[%d]" % (where, step)
+        else:
+            where = (where + "." if where else "") + step
+    return where
+
+
+def _struct_keys_problem(obj, path):
+    if SPEC_FIELDS.issuperset(obj):
+        return None     # only fields, spelled as such (no two fields fold together)
+    global _FOLDED_FIELDS
+    if _FOLDED_FIELDS is None:
+        _FOLDED_FIELDS = {_go_fold(name): name for name in SPEC_FIELDS}
+    where = _path_where(path)
     seen = {}
     for key in obj:
         folded = _go_fold(key)
@@ -2814,20 +2886,40 @@ PRETTY = Layout("  ", ",", ": ", True)
 def serialize_config(spec, layout):
     """dict -> bytes, laid out as layout says; non-ASCII written as UTF-8."""
     encode_basestring, encode_basestring_ascii = _string_encoders()
-    out = []
-    _encode_value(spec, out, layout, 0, encode_basestring)
-    if layout.final_newline:
-        out.append("\n")
-    text = "".join(out)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a \udXXX escape) cannot be UTF-8: escape all.
-        out = []
-        _encode_value(spec, out, layout, 0, encode_basestring_ascii)
+    for encode_string, encoding in ((encode_basestring, "utf-8"), (encode_basestring_ascii, "ascii")):
+        text = _encode_compact(spec, layout, encode_string)
+        if text is None:
+            out = []
+            _encode_value(spec, out, layout, 0, encode_string)
+            text = "".join(out)
         if layout.final_newline:
-            out.append("\n")
-        return "".join(out).encode("ascii")
+            text += "\n"
+        try:
+            return text.encode(encoding)
+        except UnicodeEncodeError:
+            # A lone surrogate (from a \udXXX escape) cannot be UTF-8: escape all.
+            continue
+
+
+def _encode_compact(value, layout, encode_string):
+    """The text _encode_value writes for an unindented layout, written by
+    the standard library's C encoder (most engines write config.json so),
+    or None where it does not apply: an indented layout, a RawNumber or
+    anything else only _encode_value writes (or refuses)."""
+    if layout.indent is not None:
+        return None
+    try:
+        from _json import make_encoder
+    except ImportError:  # pragma: no cover - interpreters without _json
+        return None
+
+    def not_plain(value):
+        raise TypeError("not a plain JSON value")
+    try:
+        return "".join(make_encoder(None, not_plain, encode_string, None, layout.key_sep, layout.item_sep,
+                                    False, False, False)(value, 0))
+    except Exception:
+        return None
 
 
 def _string_encoders():
@@ -2905,6 +2997,8 @@ def json_equal(a, b):
     object members does not matter, order of array items does."""
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return a is b
+    if type(a) is int and type(b) is int:
+        return a == b                   # exact, and no Decimal to import
     numbers = (int, float, RawNumber)
     if isinstance(a, numbers) and isinstance(b, numbers):
         return _number(a) == _number(b)
@@ -3060,13 +3154,13 @@ def read_config(path, follow_symlinks=False):
     too (a FIFO would block forever). Uses posix only: a call that merely
     looks for the default config file stays cheap.
     """
-    import errno
     flags = posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC
     if not follow_symlinks:
         flags |= posix.O_NOFOLLOW
     try:
         fd = posix.open(path, flags)
     except OSError as exc:
+        import errno
         if exc.errno == errno.ELOOP and not follow_symlinks:
             raise ReadError("cannot read %s: it is a symlink; refusing to edit through it" % path)
         raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
@@ -3090,75 +3184,80 @@ def read_config(path, follow_symlinks=False):
 _TEMP_MARK = ".oi-tmp-"
 
 
-def write_atomically(path, data, st=None, mode=0o600):
+def write_atomically(path, data, st=None, mode=0o600, durable=True):
     """Replace path with data: a temp file in the same directory, written,
     given the original's mode and owner (st; without it, `mode` and our own
-    owner), fsynced, then renamed over path. Either the complete old or the
-    complete new file is there, never a mix."""
-    directory, name = os.path.split(path)
+    owner), then renamed over path. Either the complete old or the complete
+    new file is there, never a mix. durable: the temp file is fsynced before
+    the rename and the directory after it, so that the new file also
+    survives a crash of the machine; without it, a crash may leave the old
+    file or, on some filesystems, an empty one. Uses posix only."""
+    directory, name = path_split(path)
     _remove_stale_temp_files(directory, name)
-    temp = os.path.join(directory, ".%s%s%d-%s" % (name, _TEMP_MARK, os.getpid(), os.urandom(4).hex()))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    temp = path_join(directory, ".%s%s%d-%s" % (name, _TEMP_MARK, posix.getpid(), posix.urandom(4).hex()))
+    flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | getattr(posix, "O_CLOEXEC", 0)
     try:
-        fd = os.open(temp, flags, 0o600)
+        fd = posix.open(temp, flags, 0o600)
     except OSError as exc:
         raise InterceptorError("cannot write %s: %s" % (path, exc.strerror))
     try:
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
+                written = posix.write(fd, view)
                 view = view[written:]
-            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
-            os.fsync(fd)
+            if st is not None and (st.st_uid, st.st_gid) != (posix.geteuid(), posix.getegid()):
+                posix.fchown(fd, st.st_uid, st.st_gid)
+            posix.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
+            if durable:
+                posix.fsync(fd)
         finally:
-            os.close(fd)
-        os.rename(temp, path)
+            posix.close(fd)
+        posix.rename(temp, path)
     except OSError as exc:
         try:
-            os.unlink(temp)
+            posix.unlink(temp)
         except OSError:
             pass
         raise InterceptorError("cannot write %s: %s" % (path, exc.strerror))
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _fsync_directory(directory):
     try:
-        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = posix.open(directory or ".", posix.O_RDONLY | getattr(posix, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _remove_stale_temp_files(directory, name):
     """Remove temp files left by a writer that was killed mid-write."""
     prefix = "." + name + _TEMP_MARK
     try:
-        entries = os.listdir(directory or ".")
+        entries = posix.listdir(directory or ".")
     except OSError:
         return
     for entry in entries:
         if not entry.startswith(prefix):
             continue
         pid = entry[len(prefix):].partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+        if pid.isdigit() and int(pid) != posix.getpid() and not _process_exists(int(pid)):
             try:
-                os.unlink(os.path.join(directory, entry))
+                posix.unlink(path_join(directory, entry))
             except OSError:
                 pass
 
 
 def _process_exists(pid):
     try:
-        os.kill(pid, 0)
+        posix.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
@@ -3213,7 +3312,10 @@ def edit_bundle(call, policy):
     if result.context.runtime_path is not None:
         runtime = find_runtime(result.context.runtime_path)
     if result.new_raw is not None:
-        write_atomically(result.path, result.new_raw, result.stat)
+        # Not fsynced: the runtime reads it at once, from the page cache, and
+        # engines write a new config.json for every create (containerd and
+        # Podman do not fsync theirs either).
+        write_atomically(result.path, result.new_raw, result.stat, durable=False)
     if policy.write_debug_output:
         name = debug_file_stem(result.spec.get("hostname"), call.container_id)
         files = [(name + "_original.json", result.raw), (name + "_parsed.json", result.parsed)]
