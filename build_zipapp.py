@@ -293,8 +293,8 @@ def bytecode(source_path):
         code, _ = compile_split(source.decode("utf-8"), MODULE)
         # What py_compile writes for an unchecked hash-based .pyc (PEP 552):
         # flags 0b01, the source's hash, the code.
-        return (importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little")  # novermin: 3.8+ only,
-                + importlib.util.source_hash(source) + marshal.dumps(code))  # checked just above
+        source_hash = importlib.util.source_hash(source)  # novermin: 3.8+ only, checked just above
+        return importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + source_hash + marshal.dumps(code)
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "module.pyc")
         py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,  # novermin: 3.7+ only,

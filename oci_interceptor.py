@@ -577,7 +577,7 @@ def load_policy(opts, argv0, complete=True):
         for hook_file in settings.get("hook-config-path", []):
             policy.rules.append(_load_hook_config_file(hook_file))
             policy.files.append(hook_file)
-        for hook_file, rule in _load_hooks_dirs(settings.get("hooks-dir", [])):
+        for hook_file, rule in _load_hooks_dirs(policy.hooks_dirs) if policy.hooks_dirs else ():
             policy.rules.append(rule)
             policy.files.append(hook_file)
     policy.rules.extend(rules)
