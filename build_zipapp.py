@@ -73,16 +73,32 @@ PREAMBLE = """#!/bin/sh
 """
 
 # What the preamble runs in Python (no single quote in it): the module loaded
-# from the archive ("$0") by zipimport's get_code -- bytecode, or the source
-# compiled where the .pyc is another interpreter's -- and run, then main.
-# Not `import`: zipimport would then unmarshal the .pyc twice, once more to
-# learn the file name for the module's spec (CPython issue 141276).
-LOAD_MODULE = (
-    'import sys,zipimport;z=zipimport.zipimporter(sys.argv[1]);c=z.get_code("%(name)s");'
-    'm=sys.modules["%(name)s"]=type(sys)("%(name)s");m.__loader__=z;'
-    'm.__file__=sys.argv[1]+("/%(source)sc" if c.co_filename=="%(source)s" else "/%(source)s");exec(c,m.__dict__)'
-    % {"name": MODULE[:-len(".py")], "source": MODULE})
-RUN_MODULE = LOAD_MODULE + ";sys.exit(m.main(sys.argv[1],sys.argv[2:]))"
+# from the archive ("$0") and run in a module of its own, then main. Python
+# compiles this code on every start, so it is short (compiling the dozen
+# lines it takes to load the module would cost a fifth of a millisecond):
+# when the .pyc is this interpreter's ({magic}), it reads the first {length}
+# bytes of the .pyc straight from where the build wrote them ({offset} bytes
+# into the archive) -- the module's code, then a loader's (LOADER, compiled
+# by the build), then the on-demand blocks, which it leaves -- and runs the
+# loader. Otherwise -- another interpreter, an archive rewritten by some tool
+# -- it runs LOAD_FROM_ZIP: zipimport's get_code loads the .pyc, or compiles
+# the source where the .pyc is another interpreter's. Never `import`: it has
+# zipimport unmarshal the .pyc twice, once more to learn the file name for
+# the module's spec (CPython issue 141276). The archive stays open (not
+# inherited by the runtime) for the on-demand blocks: they come from the file
+# that was started even if a package upgrade replaces it meanwhile.
+PYTHON_CODE = """import sys,posix,marshal
+o={offset};f=posix.open(sys.argv[1],0);d=posix.pread(f,{length},o)
+exec(marshal.loads(d[{loader}:]) if d[:4]=={magic} else {load_from_zip})"""
+LOADER = """m=sys.modules["{name}"]=type(sys)("{name}")
+m.__file__=sys.argv[1]+"/{source}c"
+m._ON_DEMAND_SOURCE=(f,o+len(d))
+exec(marshal.loads(memoryview(d)[16:]),m.__dict__)
+"""
+LOAD_FROM_ZIP = """import sys,zipimport
+a=sys.argv[1];z=zipimport.zipimporter(a);c=z.get_code("{name}");m=sys.modules["{name}"]=type(sys)("{name}")
+m.__loader__=z;m.__file__=a+("/{source}c" if c.co_filename=="{source}" else "/{source}");exec(c,m.__dict__)"""
+RUN_MAIN = "\nsys.exit(m.main(sys.argv[1],sys.argv[2:]))"
 
 # A create, run or restore starts Python at once, before the shell reads the
 # fast path below: any call with such a word among its arguments does (an
@@ -279,28 +295,33 @@ def module_version(source):
 
 
 def bytecode(source_path):
-    """The module's .pyc, or None where this Python cannot make a
-    hash-based one. With Python 3.8 and newer, its on-demand blocks are
-    split off (see compile_split)."""
+    """(the module's .pyc, the length of its part the preamble reads, where
+    the preamble's loader starts in it), or None where this Python cannot
+    make a hash-based .pyc. After the module's code come the loader's (see
+    PYTHON_CODE) and, with Python 3.8 and newer, the on-demand blocks (see
+    compile_split): marshal reads one object and ignores what follows."""
     mode = getattr(py_compile, "PycInvalidationMode", None)
     if mode is None:
         return None
+    import marshal
+    loader = marshal.dumps(loader_code())
     if sys.version_info >= (3, 8):
         import importlib.util
-        import marshal
         with open(source_path, "rb") as f:
             source = f.read()
-        code, _ = compile_split(source.decode("utf-8"), MODULE)
+        code, _, blocks = compile_split(source.decode("utf-8"), MODULE)
         # What py_compile writes for an unchecked hash-based .pyc (PEP 552):
         # flags 0b01, the source's hash, the code.
         source_hash = importlib.util.source_hash(source)  # novermin: 3.8+ only, checked just above
-        return importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + source_hash + marshal.dumps(code)
+        pyc = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + source_hash + marshal.dumps(code)
+        return pyc + loader + blocks, len(pyc) + len(loader), len(pyc)
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "module.pyc")
         py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,  # novermin: 3.7+ only,
                            invalidation_mode=mode.UNCHECKED_HASH)                # checked just above
         with open(target, "rb") as f:
-            return f.read()
+            pyc = f.read()
+        return pyc + loader, len(pyc) + len(loader), len(pyc)
 
 
 # On-demand blocks (see the docstring): the markers, and what the .pyc gets
@@ -314,11 +335,22 @@ def _on_demand(block, name):
         import marshal
         _ON_DEMAND_LOADED.append(block)
         try:
-            exec(marshal.loads(_ON_DEMAND[block]), globals())
+            exec(marshal.loads(_on_demand_code(*_ON_DEMAND[block])), globals())
         except BaseException:
             _ON_DEMAND_LOADED.remove(block)
             raise
     return globals()[name]
+
+
+def _on_demand_code(offset, size):
+    source = globals().get("_ON_DEMAND_SOURCE")
+    if source is None:
+        data = __loader__.get_data(__file__)
+        source = globals()["_ON_DEMAND_SOURCE"] = memoryview(data)[len(data) - _ON_DEMAND_BYTES:]
+    if isinstance(source, tuple):
+        import posix
+        return posix.pread(source[0], size, source[1] + offset)
+    return source[offset:offset + size]
 
 
 def _on_demand_stub(block, name):
@@ -330,7 +362,8 @@ def _on_demand_stub(block, name):
 
 _ON_DEMAND_LOADED = []
 '''
-ON_DEMAND_NAMES = ("_on_demand", "_on_demand_stub", "_ON_DEMAND_LOADED", "_ON_DEMAND")
+ON_DEMAND_NAMES = ("_on_demand", "_on_demand_code", "_on_demand_stub", "_ON_DEMAND_LOADED", "_ON_DEMAND",
+                   "_ON_DEMAND_BYTES", "_ON_DEMAND_SOURCE")
 
 # How bytecode names a global (or, at module level, a module-level name).
 _GLOBAL_NAME_OPS = frozenset(("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME", "STORE_NAME",
@@ -431,15 +464,19 @@ def _stored_names(code, top=True):
 
 
 def compile_split(source, filename=MODULE):
-    """(code of the module, {block: code}): the module compiled with its
-    on-demand blocks left out, and in their place the loader and the stubs
-    (see the docstring); each block compiled on its own. Breaking a rule is
-    a SystemExit naming the line. Python 3.8 or newer."""
+    """(code of the module, {block: code}, the blocks marshalled one after
+    the other): the module compiled with its on-demand blocks left out, and
+    in their place the loader and the stubs (see the docstring); each block
+    compiled on its own. The module finds a block at its offset in those
+    bytes, which it reads from _ON_DEMAND_SOURCE: (a descriptor, where the
+    bytes start in its file), or the bytes themselves; without it, from its
+    loader's data of its __file__, which the bytes end. Breaking a rule is a
+    SystemExit naming the line. Python 3.8 or newer."""
     import ast
     import marshal
     ranges = on_demand_ranges(source.splitlines(), filename)
     if not ranges:
-        return compile(source, filename, "exec", dont_inherit=True), {}
+        return compile(source, filename, "exec", dont_inherit=True), {}, b""
     tree = ast.parse(source, filename)
     main, blocks, range_of = [], {}, {}
     for stmt in tree.body:
@@ -506,10 +543,12 @@ def compile_split(source, filename=MODULE):
                     child.col_offset = child.end_col_offset = 0
         return nodes
 
-    loader = ast.parse(ON_DEMAND_LOADER).body + [ast.Assign(
-        targets=[ast.Name(id="_ON_DEMAND", ctx=ast.Store())],
-        value=ast.Dict(keys=[ast.Constant(value=block) for block in sorted(codes)],
-                       values=[ast.Constant(value=marshal.dumps(codes[block])) for block in sorted(codes)]))]
+    marshalled = [(block, marshal.dumps(codes[block])) for block in sorted(codes)]
+    places, offset = {}, 0
+    for block, data in marshalled:
+        places[block] = (offset, len(data))
+        offset += len(data)
+    loader = ast.parse(ON_DEMAND_LOADER + "_ON_DEMAND = %r\n_ON_DEMAND_BYTES = %d\n" % (places, offset)).body
     body, done = [], False
     for stmt in tree.body:
         where = range_of.get(id(stmt))
@@ -523,7 +562,8 @@ def compile_split(source, filename=MODULE):
             stub = ast.parse("%s = _on_demand_stub(%r, %r)" % (stmt.name, where[0], stmt.name)).body
             body.extend(at_line(stub, where[1]))
     module = ast.Module(body=body, type_ignores=[])
-    return compile(module, filename, "exec", dont_inherit=True), codes
+    return (compile(module, filename, "exec", dont_inherit=True), codes,
+            b"".join(data for _, data in marshalled))
 
 
 def shell_word(text):
@@ -539,6 +579,44 @@ def _module():
     return oci_interceptor
 
 
+def _names():
+    return {"name": MODULE[:-len(".py")], "source": MODULE}
+
+
+def loader_code():
+    """LOADER, compiled (for the .pyc: see PYTHON_CODE)."""
+    return compile(LOADER.format(**_names()), "<%s loader>" % MODULE, "exec", dont_inherit=True)
+
+
+def python_code(pyc_length=None, loader_offset=None, pyc_offset=0):
+    """The Python the preamble runs (see PYTHON_CODE): with pyc_length (the
+    part of the .pyc to read, whose loader starts at loader_offset), the
+    bytecode is read at pyc_offset in the archive; without it, the module
+    comes through zipimport."""
+    load_from_zip = LOAD_FROM_ZIP.format(**_names())
+    if pyc_length is None:
+        return load_from_zip + RUN_MAIN
+    import importlib.util
+    magic = 'b"%s"' % "".join("\\x%02x" % byte for byte in importlib.util.MAGIC_NUMBER)
+    literal = '"%s"' % load_from_zip.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # Fixed width: the offset is known once the archive is written behind
+    # the preamble, and then written into it in place.
+    return PYTHON_CODE.format(offset="%10d" % pyc_offset, length=pyc_length, loader=loader_offset, magic=magic,
+                              load_from_zip=literal) + RUN_MAIN
+
+
+def load_code(archive):
+    """The Python with which the archive's preamble loads the module (into
+    `m`), without running main: for tests and benchmarks."""
+    import shlex
+    with open(archive, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", "replace")
+    command = head[:head.index("\n# Never reached")].rpartition("\nexec ")[2]
+    code = shlex.split(command)[4]              # PYTHON -I -S -c CODE "$0" "$@"
+    assert code.endswith(RUN_MAIN)
+    return code[:-len(RUN_MAIN)]
+
+
 def build(output, python, fast=True):
     """Write the archive; fast=False leaves out the shell fast path (every
     call then starts Python)."""
@@ -549,20 +627,23 @@ def build(output, python, fast=True):
         ("__main__.py", MAIN.encode("utf-8")),
         (MODULE, source),
     ]
-    pyc = bytecode(os.path.join(HERE, MODULE))
+    pyc, pyc_length, loader_offset = bytecode(os.path.join(HERE, MODULE)) or (None, None, None)
     if pyc is not None:
         entries.append((MODULE + "c", pyc))
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     temp = output + ".tmp"
-    with open(temp, "wb") as f:
-        python_call = "%s -I -S -c %s \"$0\" \"$@\"" % (shell_word(python), shell_word(RUN_MODULE))
-        module = _module()
+    module = _module()
+
+    def preamble(pyc_offset):
+        python_call = "%s -I -S -c %s \"$0\" \"$@\"" % (shell_word(python), shell_word(python_code(
+            pyc_length, loader_offset, pyc_offset)))
         early = EDITING_EXIT.format(python_call=python_call, words="|".join(
             '*" %s "*' % word for word in sorted(module.EDITING_COMMANDS)))
-        preamble = PREAMBLE.format(version=version, python_call=python_call,
-                                   fast_path=early + fast_path(module) if fast else "")
-        f.write(preamble.encode("utf-8"))
+        return PREAMBLE.format(version=version, python_call=python_call,
+                               fast_path=early + fast_path(module) if fast else "").encode("utf-8")
+    with open(temp, "wb") as f:
+        f.write(preamble(0))
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for name, data in sorted(entries):
                 info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
@@ -570,6 +651,19 @@ def build(output, python, fast=True):
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3
                 archive.writestr(info, data)
+    if pyc is not None:
+        with open(temp, "r+b") as f:
+            with zipfile.ZipFile(f) as archive:
+                header = archive.getinfo(MODULE + "c").header_offset
+            f.seek(header)
+            local = f.read(30)
+            offset = header + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            f.seek(offset)
+            assert f.read(len(pyc)) == pyc
+            first, final = preamble(0), preamble(offset)
+            assert len(first) == len(final)
+            f.seek(0)
+            f.write(final)
     os.chmod(temp, 0o755)
     os.rename(temp, output)
     return output
