@@ -26,7 +26,7 @@ PROBE = r"""
 import sys
 import posix
 before = set(sys.modules)
-%s
+exec(sys.argv[2])
 def fake_execv(path, argv):
     loaded = sorted(set(sys.modules) - before - {"oci_interceptor"})
     print(m.__file__)
@@ -34,14 +34,15 @@ def fake_execv(path, argv):
     print(" ".join(getattr(m, "_ON_DEMAND_LOADED", ["(no-blocks)"])))
     sys.exit(0)
 posix.execv = fake_execv
-m.main("oci-interceptor", sys.argv[2:])
-""" % build_zipapp.LOAD_MODULE
+m.main("oci-interceptor", sys.argv[3:])
+"""
 
 
 def probe(archive, *args, env=None, blocks=False):
     environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
     environ.update(env or {})
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive] + list(args), env=environ,
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive, build_zipapp.load_code(archive)]
+                         + list(args), env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
     module_file, loaded, loaded_blocks = out.stdout.splitlines()
     if blocks:
@@ -118,7 +119,7 @@ def test_the_bytecode_carries_the_on_demand_blocks_apart(pyz):
         marked = set(name for name, _, _ in build_zipapp.on_demand_ranges(f.read().splitlines()))
     assert marked >= {"help", "hooks-dir", "json-patch", "systemd", "records-gc", "debug-output", "register",
                       "check-config", "dry-run", "record-delete"}
-    listed = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", build_zipapp.LOAD_MODULE + ";print(*sorted(m._ON_DEMAND))",
+    listed = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", build_zipapp.load_code(pyz) + "\nprint(*sorted(m._ON_DEMAND))",
                              pyz], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()
     assert set(listed) == marked
 
@@ -154,6 +155,26 @@ def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
     assert module_file.endswith(".pyz/oci_interceptor.py") and blocks == ["(no-blocks)"]
     result = subprocess.run([other, "--oi-version"], stdout=subprocess.PIPE, check=True)
     assert result.stdout.startswith(b"oci-interceptor ")
+
+
+def test_blocks_load_through_zipimport_too(pyz, tmp_path):
+    """Where the preamble cannot read the bytecode where the build put it
+    (an archive rewritten by some tool), and through `python3 x.pyz`,
+    zipimport loads the module; its blocks then come through zipimport."""
+    moved = str(tmp_path / "moved.pyz")
+    with open(pyz, "rb") as f:
+        data = f.read()
+    offset = re.search(rb"\no= *(\d+);", data).group(1)
+    data = data.replace(b" " + offset + b";", b" " + str(int(offset) + 1).encode() + b";")
+    with open(moved, "wb") as f:
+        f.write(data)
+    os.chmod(moved, 0o755)
+    env = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
+    for argv in ([moved, "--oi-help"], [SYSTEM_PYTHON, pyz, "--oi-help"]):
+        out = subprocess.run(argv, stdout=subprocess.PIPE, env=env, check=True, universal_newlines=True).stdout
+        assert out == oi.help_text()
+    module_file, _, blocks = probe(moved, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
+    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == []
 
 
 def test_version_is_defined_once():
@@ -197,7 +218,7 @@ def test_the_archive_is_valid_shell(pyz):
 
 RUN_REPORTING_BLOCKS = r"""
 import sys, posix
-%s
+exec(posix.environ[b"OI_TEST_LOAD"].decode())
 def note():
     with open(posix.environ[b"OI_TEST_BLOCKS"].decode(), "w") as f:
         f.write(" ".join(getattr(m, "_ON_DEMAND_LOADED", ["(source)"])))
@@ -212,8 +233,7 @@ finally:
     note()
 sys.exit(status)
 """
-FROM_ARCHIVE = RUN_REPORTING_BLOCKS % build_zipapp.LOAD_MODULE
-FROM_SOURCE = RUN_REPORTING_BLOCKS % "sys.path.insert(0, sys.argv[1]);import oci_interceptor as m"
+FROM_SOURCE = "sys.path.insert(0, sys.argv[1]);import oci_interceptor as m"
 
 RECORDER = """#!/bin/sh
 printf '%s\\n' "$@" > "${FAKE_RUNTIME_OUT:?}"
@@ -307,11 +327,12 @@ def case_args(base):
     ]
 
 
-def run_case(code, where, argv0, args, base):
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OCI_INTERCEPTOR_CONFIG": "", "LC_ALL": "C.UTF-8",
+def run_case(load, where, argv0, args, base):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OCI_INTERCEPTOR_CONFIG": "", "LC_ALL": "C.UTF-8", "OI_TEST_LOAD": load,
            "OCI_INTERCEPTOR_STATE_DIR": os.path.join(base, "state"), "FAKE_RUNTIME_OUT": os.path.join(base, "argv"),
            "OI_TEST_BLOCKS": os.path.join(base, "..", "blocks")}
-    result = subprocess.run([SYSTEM_PYTHON, "-B", "-I", "-S", "-c", code, where, argv0] + args, env=env, cwd=base,
+    result = subprocess.run([SYSTEM_PYTHON, "-B", "-I", "-S", "-c", RUN_REPORTING_BLOCKS, where, argv0] + args,
+                            env=env, cwd=base,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
     files = {}
     for directory, _, names in os.walk(base):
@@ -332,11 +353,11 @@ def test_each_on_demand_block_does_through_the_pyz_what_the_source_does(pyz, tmp
     base = str(tmp_path / "case")
     expected, args = case_args(base)[index]
     outcomes = []
-    for code, where in ((FROM_ARCHIVE, pyz), (FROM_SOURCE, REPO)):
+    for load, where in ((build_zipapp.load_code(pyz), pyz), (FROM_SOURCE, REPO)):
         shutil.rmtree(base, ignore_errors=True)
         os.makedirs(base)
         setup_case(base)
-        outcomes.append(run_case(code, where, pyz, args, base))
+        outcomes.append(run_case(load, where, pyz, args, base))
     (archive, blocks), (source, source_blocks) = outcomes
     assert archive == source
     assert source_blocks == ["(source)"] and set(expected) <= set(blocks), blocks
@@ -388,8 +409,8 @@ def use(x):
 
 
 def toy_module(source=TOY):
-    code, blocks = build_zipapp.compile_split(source, "toy.py")
-    namespace = {"__name__": "toy"}
+    code, blocks, marshalled = build_zipapp.compile_split(source, "toy.py")
+    namespace = {"__name__": "toy", "_ON_DEMAND_SOURCE": marshalled}
     exec(code, namespace)
     return namespace, blocks
 
