@@ -1873,10 +1873,9 @@ def _may_carry_submounts(source):
         return True
     try:
         return (posix.stat(source).st_mode & _S_IFMT) == _S_IFDIR
-    except OSError as exc:
-        import errno
-        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
-    except ValueError:
+    except (FileNotFoundError, NotADirectoryError):         # ENOENT, ENOTDIR
+        return False
+    except (OSError, ValueError):
         return True
 
 
@@ -2655,26 +2654,49 @@ class _ScanContext(object):
     parse_constant = staticmethod(_refuse_constant)
 
 
+class _ConfigScan(_ScanContext):
+    """The scan of a config.json, noting whether some object has keys that
+    Go could read differently (check_keys_as_go_reads_them's key rules on
+    that object alone): without one, and with no more brackets than
+    MAX_CONFIG_DEPTH, that check has nothing to find (parse_config)."""
+
+    def __init__(self):
+        self.suspect = False
+
+    def object_pairs_hook(self, pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            _object_without_duplicates(pairs)           # names the duplicate key
+        if not (self.suspect or SPEC_FIELDS.issuperset(obj)) and _struct_keys_problem(obj, None):
+            self.suspect = True
+        return obj
+
+
 _scanner = None
 
 
-def _json_scanner():
+def _json_scanner(context=None):
+    """The C scanner of _ScanContext (made once), or of context."""
     global _scanner
-    if _scanner is None:
-        try:
-            from _json import make_scanner
-        except ImportError:  # pragma: no cover - interpreters without _json
-            from json.scanner import make_scanner
-        _scanner = make_scanner(_ScanContext())
-    return _scanner
+    if context is None and _scanner is not None:
+        return _scanner
+    try:
+        from _json import make_scanner
+    except ImportError:  # pragma: no cover - interpreters without _json
+        from json.scanner import make_scanner
+    scanner = make_scanner(context or _ScanContext())
+    if context is None:
+        _scanner = scanner
+    return scanner
 
 
 _JSON_WHITESPACE = " \t\n\r"
 
 
-def parse_json(raw):
+def parse_json(raw, context=None):
     """Bytes -> a JSON value, or ValueError with a one-line reason: the
-    same value and the same messages as json.loads."""
+    same value and the same messages as json.loads. context: a
+    _ScanContext whose object_pairs_hook builds the objects."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -2682,7 +2704,7 @@ def parse_json(raw):
     start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
     if not text.startswith("\ufeff"):
         try:
-            value, end = _json_scanner()(text, start)
+            value, end = _json_scanner(context)(text, start)
         except RecursionError:
             raise ValueError("nested deeper than %d levels; refusing it" % MAX_CONFIG_DEPTH)
         except (StopIteration, SystemError):
@@ -2697,7 +2719,7 @@ def parse_json(raw):
     # package is loaded): let json.loads find the error and word it.
     import json
     try:
-        return json.loads(text, object_pairs_hook=_object_without_duplicates,
+        return json.loads(text, object_pairs_hook=(context or _ScanContext).object_pairs_hook,
                           parse_float=RawNumber, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValueError("%s: line %d column %d" % (exc.msg, exc.lineno, exc.colno))
@@ -2707,15 +2729,18 @@ def parse_json(raw):
 
 def parse_config(raw, path):
     """Bytes of a config.json -> dict, or InterceptorError naming the problem."""
+    scan = _ConfigScan()
     try:
-        spec = parse_json(raw)
+        spec = parse_json(raw, scan)
     except ValueError as exc:
         raise InterceptorError("cannot parse %s: %s" % (path, exc))
     if not isinstance(spec, dict):
         raise InterceptorError("%s is not a JSON object" % path)
-    problem = check_keys_as_go_reads_them(spec)
-    if problem:
-        raise InterceptorError("%s: %s" % (path, problem))
+    # A nesting deeper than MAX_CONFIG_DEPTH needs more brackets than that.
+    if scan.suspect or raw.count(b"{") + raw.count(b"[") > MAX_CONFIG_DEPTH:
+        problem = check_keys_as_go_reads_them(spec)
+        if problem:
+            raise InterceptorError("%s: %s" % (path, problem))
     return spec
 
 
@@ -2834,7 +2859,8 @@ def _struct_keys_problem(obj, path):
         return None     # only fields, spelled as such (no two fields fold together)
     global _FOLDED_FIELDS
     if _FOLDED_FIELDS is None:
-        _FOLDED_FIELDS = {_go_fold(name): name for name in SPEC_FIELDS}
+        # (_go_fold of an ASCII name, as every field's is)
+        _FOLDED_FIELDS = {name.lower(): name for name in SPEC_FIELDS}
     where = _path_where(path)
     seen = {}
     for key in obj:

@@ -1,7 +1,7 @@
 """What keeps a create cheap must not change what it does: the path
 functions that stand in for os.path, the C writer of unindented configs, the
-Go-key check's screens, and the bundle write that is not fsynced. Each is
-checked against what it replaces. (Imports and timings: test_startup.py and
+Go-key check's screens and the scan that spares it, and the bundle write
+that is not fsynced. Each is checked against what it replaces. (Imports and timings: test_startup.py and
 tests/benchmark.py.)"""
 
 import json
@@ -165,10 +165,39 @@ def test_the_go_key_check_words_deep_and_nested_problems_as_before():
     assert oi.check_keys_as_go_reads_them(deep).startswith("nested deeper than 256 levels (under \"linux\")")
 
 
+@HYPOTHESIS
+@given(st.dictionaries(go_keys, go_specs, max_size=5))
+def test_parse_config_refuses_what_the_full_check_refuses(spec):
+    """parse_config runs the Go-key check only when its scan met an object
+    whose keys alone break the rules, or the text has more brackets than
+    MAX_CONFIG_DEPTH: the same configs are refused, with the same words."""
+    raw = json.dumps(spec).encode()
+    expected = reference_go_check(oi.parse_json(raw))
+    if expected is None:
+        assert oi.parse_config(raw, "c.json") == spec
+    else:
+        with pytest.raises(oi.InterceptorError) as info:
+            oi.parse_config(raw, "c.json")
+        assert str(info.value) == "c.json: " + expected
+
+
+@pytest.mark.parametrize("depth", [oi.MAX_CONFIG_DEPTH - 2, oi.MAX_CONFIG_DEPTH - 1, oi.MAX_CONFIG_DEPTH + 5])
+def test_parse_config_measures_nesting_as_before(depth):
+    raw = b'{"linux": {"x": ' + b"[" * depth + b"]" * depth + b"}}"
+    expected = reference_go_check(oi.parse_json(raw))
+    assert (expected is None) == (depth + 2 <= oi.MAX_CONFIG_DEPTH)
+    if expected is None:
+        oi.parse_config(raw, "c.json")
+    else:
+        with pytest.raises(oi.InterceptorError, match="nested deeper than 256 levels"):
+            oi.parse_config(raw, "c.json")
+
+
 def test_no_two_runtime_spec_fields_fold_together():
     """The Go-key check passes an object of fields spelled as such without
     folding its keys: only sound while no two fields fold to one."""
     assert len({oi._go_fold(name) for name in oi.SPEC_FIELDS}) == len(oi.SPEC_FIELDS)
+    assert all(oi._go_fold(name) == name.lower() for name in oi.SPEC_FIELDS)      # ASCII: folded by lower()
 
 
 def test_integers_compare_without_decimal():
