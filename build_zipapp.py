@@ -3,11 +3,11 @@
 
 The archive starts with a short /bin/sh preamble instead of a `#!python`
 line. The preamble executes the system Python isolated (-I: no PYTHON*
-variables, no user site-packages; -S: no site module) and imports the module
-straight from the archive, which skips the interpreter's zipapp start-up
-(runpy and its imports) that a plain `#!` zipapp pays on every call. A zip
-file may carry any prefix, so `python3 oci-interceptor.pyz ...` works too,
-through the archive's __main__.py.
+variables, no user site-packages; -S: no site module) and loads the module
+straight from the archive (see PYTHON_CODE), which skips the interpreter's
+zipapp start-up (runpy and its imports) that a plain `#!` zipapp pays on
+every call. A zip file may carry any prefix, so `python3 oci-interceptor.pyz
+...` works too, through the archive's __main__.py.
 
 The archive carries the module's bytecode (an unchecked hash-based .pyc for
 the interpreter that builds it, PEP 552), so nothing is compiled at run time;
@@ -19,21 +19,22 @@ Loading on demand. The module marks the code that most calls never run
 (systemd mode, JSON patches, --oi-register, --oi-check-config, ...) as
 on-demand blocks, between a line `# [on-demand: NAME]` and a line
 `# [end on-demand: NAME]` (a block may span several such ranges of one
-NAME). In the .pyc, each block is compiled on its own and kept as marshalled
-bytes; where it stood, each of its functions that code outside it uses is
-bound to a small stub instead. A stub's first call
-runs the block's code in the module's namespace, which binds the real
-functions, then calls the real one; tables that hold a stub keep working.
-So a call unmarshals and builds only the code it runs. The source file
-itself holds all code and no stub: running it, importing it (the tests),
-and the .py fallback in the archive are unchanged. `_ON_DEMAND_LOADED` in
-the .pyc's module lists the blocks loaded so far (tests/test_startup.py
-reads it). Rules, checked by the build, each breach a build error naming
-the line: a block holds only definitions (functions, classes, constants,
-imports), whole top-level statements, and changes nothing defined outside
-it; its names are its own; its classes and constants are used only inside
-it (its functions anywhere). Its constants are computed when it loads.
-Building with Python older than 3.8 compiles the module whole.
+NAME). With Python 3.8 and newer, each block is compiled on its own and
+written after the module's code in the .pyc, where nothing reads it until
+it is needed; in the module's code, each of the block's functions that code
+outside the block uses is bound to a small stub instead. A stub's first
+call reads the block, runs it in the module's namespace, which binds the
+real functions, then calls the real one; tables that hold a stub keep
+working. So a call unmarshals and builds only the code it runs, and the
+module's code does not grow with the blocks. The source file itself holds
+all code and no stub: running it, importing it (the tests), and the .py
+fallback in the archive are unchanged. `_ON_DEMAND_LOADED` in the .pyc's
+module lists the blocks loaded so far (tests/test_startup.py reads it).
+Rules, checked by the build, each breach a build error naming the line: a
+block holds only definitions (functions, classes, constants, imports),
+whole top-level statements, and changes nothing defined outside it; its
+names are its own; its classes and constants are used only inside it (its
+functions anywhere). Its constants are computed when it loads.
 
 The build is reproducible: the same sources and interpreter give the same
 bytes (fixed entry order, timestamps and permissions; the .pyc records a hash
