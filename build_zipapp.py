@@ -3,17 +3,38 @@
 
 The archive starts with a short /bin/sh preamble instead of a `#!python`
 line. The preamble executes the system Python isolated (-I: no PYTHON*
-variables, no user site-packages; -S: no site module) and imports the module
-straight from the archive, which skips the interpreter's zipapp start-up
-(runpy and its imports) that a plain `#!` zipapp pays on every call. A zip
-file may carry any prefix, so `python3 oci-interceptor.pyz ...` works too,
-through the archive's __main__.py.
+variables, no user site-packages; -S: no site module) and loads the module
+straight from the archive (see PYTHON_CODE), which skips the interpreter's
+zipapp start-up (runpy and its imports) that a plain `#!` zipapp pays on
+every call. A zip file may carry any prefix, so `python3 oci-interceptor.pyz
+...` works too, through the archive's __main__.py.
 
 The archive carries the module's bytecode (an unchecked hash-based .pyc for
 the interpreter that builds it, PEP 552), so nothing is compiled at run time;
 any other interpreter version ignores that .pyc and compiles the source,
 which is in the archive too. Building with Python older than 3.7 (no
 hash-based .pyc) ships the source alone.
+
+Loading on demand. The module marks the code that most calls never run
+(systemd mode, JSON patches, --oi-register, --oi-check-config, ...) as
+on-demand blocks, between a line `# [on-demand: NAME]` and a line
+`# [end on-demand: NAME]` (a block may span several such ranges of one
+NAME). With Python 3.8 and newer, each block is compiled on its own and
+written after the module's code in the .pyc, where nothing reads it until
+it is needed; in the module's code, each of the block's functions that code
+outside the block uses is bound to a small stub instead. A stub's first
+call reads the block, runs it in the module's namespace, which binds the
+real functions, then calls the real one; tables that hold a stub keep
+working. So a call unmarshals and builds only the code it runs, and the
+module's code does not grow with the blocks. The source file itself holds
+all code and no stub: running it, importing it (the tests), and the .py
+fallback in the archive are unchanged. `_ON_DEMAND_LOADED` in the .pyc's
+module lists the blocks loaded so far (tests/test_startup.py reads it).
+Rules, checked by the build, each breach a build error naming the line: a
+block holds only definitions (functions, classes, constants, imports),
+whole top-level statements, and changes nothing defined outside it; its
+names are its own; its classes and constants are used only inside it (its
+functions anywhere). Its constants are computed when it loads.
 
 The build is reproducible: the same sources and interpreter give the same
 bytes (fixed entry order, timestamps and permissions; the .pyc records a hash
@@ -31,6 +52,7 @@ usage: python3 build_zipapp.py [--output PATH] [--python INTERPRETER]
 import argparse
 import os
 import py_compile
+import re
 import stat
 import sys
 import tempfile
@@ -45,10 +67,44 @@ FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 PREAMBLE = """#!/bin/sh
 # oci-interceptor {version}: a Python zip application; the zip archive follows
 # this /bin/sh preamble.
-{fast_path}exec {python} -I -S -c 'import sys;sys.path.insert(0,sys.argv[1]);import oci_interceptor as m;sys.exit(m.main(sys.argv[1],sys.argv[2:]))' "$0" "$@"
+{fast_path}exec {python_call}
 # Never reached; makes the archive below a here-document, so the whole file
 # stays valid shell (sh -n, lintian).
 : <<'OCI_INTERCEPTOR_ZIP_ARCHIVE'
+"""
+
+# What the preamble runs in Python (no single quote in it): the module loaded
+# from the archive ("$0") and run in a module of its own, then main. Python
+# compiles this code on every start, so it is short (compiling the dozen
+# lines it takes to load the module would cost a fifth of a millisecond):
+# when the .pyc is this interpreter's ({magic}), it reads the first {length}
+# bytes of the .pyc straight from where the build wrote them ({offset} bytes
+# into the archive) -- the module's code, then a loader's (LOADER, compiled
+# by the build), then the on-demand blocks, which it leaves -- and runs the
+# loader. Otherwise -- another interpreter, an archive rewritten by some tool
+# -- it runs LOAD_FROM_ZIP: zipimport's get_code loads the .pyc, or compiles
+# the source where the .pyc is another interpreter's. Never `import`: it has
+# zipimport unmarshal the .pyc twice, once more to learn the file name for
+# the module's spec (CPython issue 141276). The archive stays open (not
+# inherited by the runtime) for the on-demand blocks: they come from the file
+# that was started even if a package upgrade replaces it meanwhile.
+PYTHON_CODE = """import sys,posix,marshal
+o={offset};f=posix.open(sys.argv[1],0);d=posix.pread(f,{length},o)
+exec(marshal.loads(d[{loader}:]) if d[:4]=={magic} else {load_from_zip})"""
+LOADER = """m=sys.modules["{name}"]=type(sys)("{name}")
+m.__file__=sys.argv[1]+"/{source}c"
+m._ON_DEMAND_SOURCE=(f,o+len(d))
+exec(marshal.loads(memoryview(d)[16:]),m.__dict__)
+"""
+LOAD_FROM_ZIP = """import sys,zipimport
+a=sys.argv[1];z=zipimport.zipimporter(a);c=z.get_code("{name}");m=sys.modules["{name}"]=type(sys)("{name}")
+m.__loader__=z;m.__file__=a+("/{source}c" if c.co_filename=="{source}" else "/{source}");exec(c,m.__dict__)"""
+RUN_MAIN = "\nsys.exit(m.main(sys.argv[1],sys.argv[2:]))"
+
+# A create, run or restore starts Python at once, before the shell reads the
+# fast path below: any call with such a word among its arguments does (an
+# argument that merely reads so is left to Python too, which is always right).
+EDITING_EXIT = """case " $* " in {words}) exec {python_call} ;; esac
 """
 
 # The fast path: a call that cannot edit anything and logs nothing (no config
@@ -240,17 +296,275 @@ def module_version(source):
 
 
 def bytecode(source_path):
-    """The module's .pyc, or None where this Python cannot make a
-    hash-based one."""
+    """(the module's .pyc, the length of its part the preamble reads, where
+    the preamble's loader starts in it), or None where this Python cannot
+    make a hash-based .pyc. After the module's code come the loader's (see
+    PYTHON_CODE) and, with Python 3.8 and newer, the on-demand blocks (see
+    compile_split): marshal reads one object and ignores what follows."""
     mode = getattr(py_compile, "PycInvalidationMode", None)
     if mode is None:
         return None
+    import marshal
+    loader = marshal.dumps(loader_code())
+    if sys.version_info >= (3, 8):
+        import importlib.util
+        with open(source_path, "rb") as f:
+            source = f.read()
+        code, _, blocks = compile_split(source.decode("utf-8"), MODULE)
+        # What py_compile writes for an unchecked hash-based .pyc (PEP 552):
+        # flags 0b01, the source's hash, the code.
+        source_hash = importlib.util.source_hash(source)  # novermin: 3.8+ only, checked just above
+        pyc = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + source_hash + marshal.dumps(code)
+        return pyc + loader + blocks, len(pyc) + len(loader), len(pyc)
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "module.pyc")
         py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,  # novermin: 3.7+ only,
                            invalidation_mode=mode.UNCHECKED_HASH)                # checked just above
         with open(target, "rb") as f:
-            return f.read()
+            pyc = f.read()
+        return pyc + loader, len(pyc) + len(loader), len(pyc)
+
+
+# On-demand blocks (see the docstring): the markers, and what the .pyc gets
+# in place of the blocks.
+ON_DEMAND_BEGIN = re.compile(r"# \[on-demand: ([a-z0-9][a-z0-9-]*)\]$")
+ON_DEMAND_END = re.compile(r"# \[end on-demand: ([a-z0-9][a-z0-9-]*)\]$")
+
+ON_DEMAND_LOADER = '''
+def _on_demand(block, name):
+    if block not in _ON_DEMAND_LOADED:
+        import marshal
+        _ON_DEMAND_LOADED.append(block)
+        try:
+            exec(marshal.loads(_on_demand_code(*_ON_DEMAND[block])), globals())
+        except BaseException:
+            _ON_DEMAND_LOADED.remove(block)
+            raise
+    return globals()[name]
+
+
+def _on_demand_code(offset, size):
+    source = globals().get("_ON_DEMAND_SOURCE")
+    if source is None:
+        data = __loader__.get_data(__file__)
+        source = globals()["_ON_DEMAND_SOURCE"] = memoryview(data)[len(data) - _ON_DEMAND_BYTES:]
+    if isinstance(source, tuple):
+        import posix
+        return posix.pread(source[0], size, source[1] + offset)
+    return source[offset:offset + size]
+
+
+def _on_demand_stub(block, name):
+    def stub(*args, **kwargs):
+        return _on_demand(block, name)(*args, **kwargs)
+    stub.__name__ = stub.__qualname__ = name
+    return stub
+
+
+_ON_DEMAND_LOADED = []
+'''
+ON_DEMAND_NAMES = ("_on_demand", "_on_demand_code", "_on_demand_stub", "_ON_DEMAND_LOADED", "_ON_DEMAND",
+                   "_ON_DEMAND_BYTES", "_ON_DEMAND_SOURCE")
+
+# How bytecode names a global (or, at module level, a module-level name).
+_GLOBAL_NAME_OPS = frozenset(("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME", "STORE_NAME",
+                              "DELETE_NAME", "LOAD_FROM_DICT_OR_GLOBALS"))
+
+
+def on_demand_ranges(lines, filename=MODULE):
+    """[(block name, begin marker line, end marker line)] of the source's
+    lines (numbered from 1), in order."""
+    ranges, open_ = [], None
+    for number, line in enumerate(lines, 1):
+        begin, end = ON_DEMAND_BEGIN.match(line), ON_DEMAND_END.match(line)
+        if not (begin or end) and "on-demand:" in line and line.startswith("#"):
+            _fail(filename, number, "not an on-demand marker: expected '# [on-demand: NAME]' or "
+                                    "'# [end on-demand: NAME]' at the start of a line")
+        if begin:
+            if open_:
+                _fail(filename, number, "block %s begins inside block %s (line %d)" % (
+                    begin.group(1), open_[0], open_[1]))
+            open_ = (begin.group(1), number)
+        elif end:
+            if not open_ or open_[0] != end.group(1):
+                _fail(filename, number, "end of block %s, which is not open here" % end.group(1))
+            ranges.append((open_[0], open_[1], number))
+            open_ = None
+    if open_:
+        _fail(filename, open_[1], "block %s has no end marker" % open_[0])
+    return ranges
+
+
+def _fail(filename, line, problem):
+    raise SystemExit("build_zipapp: %s:%d: %s" % (filename, line, problem))
+
+
+def _bound_names(stmt, filename):
+    """The module-level names a definition binds; anything that is not a
+    definition is a build error."""
+    import ast
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [stmt.name]
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        targets = list(stmt.targets) if isinstance(stmt, ast.Assign) else [stmt.target]
+        names = []
+        while targets:
+            target = targets.pop(0)
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets[0:0] = target.elts
+            elif isinstance(target, ast.Name):
+                names.append(target.id)
+            else:
+                _fail(filename, stmt.lineno, "an on-demand block binds only names: it must not change "
+                                             "what is defined outside it")
+        return names
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        if any(alias.name == "*" for alias in stmt.names):
+            _fail(filename, stmt.lineno, "no import * in an on-demand block")
+        return [alias.asname or alias.name.partition(".")[0] for alias in stmt.names]
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
+        return []
+    if isinstance(stmt, ast.Pass):
+        return []
+    _fail(filename, stmt.lineno, "an on-demand block holds only definitions (functions, classes, "
+                                 "constants, imports), not a %s statement" % type(stmt).__name__)
+
+
+def _global_names(code, top=True):
+    """{name: a line using it} of the globals code uses or binds (at module
+    level: the names), through every code object nested in it. A class
+    body's names count as globals (it may read them)."""
+    import dis
+    names = {}
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_NAME_OPS and (top or instruction.opname not in ("STORE_NAME",
+                                                                                           "DELETE_NAME")):
+            positions = getattr(instruction, "positions", None)
+            line = positions.lineno if positions is not None else instruction.starts_line
+            names.setdefault(instruction.argval, line or code.co_firstlineno)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            for name, line in _global_names(const, top=False).items():
+                names.setdefault(name, line)
+    return names
+
+
+def _stored_names(code, top=True):
+    """The module-level names code binds: at its top level, and by `global`
+    anywhere."""
+    import dis
+    names = set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") or (
+                top and instruction.opname in ("STORE_NAME", "DELETE_NAME")):
+            names.add(instruction.argval)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names |= _stored_names(const, top=False)
+    return names
+
+
+def compile_split(source, filename=MODULE):
+    """(code of the module, {block: code}, the blocks marshalled one after
+    the other): the module compiled with its on-demand blocks left out, and
+    in their place the loader and the stubs (see the docstring); each block
+    compiled on its own. The module finds a block at its offset in those
+    bytes, which it reads from _ON_DEMAND_SOURCE: (a descriptor, where the
+    bytes start in its file), or the bytes themselves; without it, from its
+    loader's data of its __file__, which the bytes end. Breaking a rule is a
+    SystemExit naming the line. Python 3.8 or newer."""
+    import ast
+    import marshal
+    ranges = on_demand_ranges(source.splitlines(), filename)
+    if not ranges:
+        return compile(source, filename, "exec", dont_inherit=True), {}, b""
+    tree = ast.parse(source, filename)
+    main, blocks, range_of = [], {}, {}
+    for stmt in tree.body:
+        start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        inside = [r for r in ranges if r[1] < start < r[2]]
+        for name, begin, end in ranges:
+            for marker in (begin, end):
+                if start < marker <= stmt.end_lineno:
+                    _fail(filename, marker, "the on-demand marker lies inside the statement of line %d" % start)
+        if inside:
+            blocks.setdefault(inside[0][0], []).append(stmt)
+            range_of[id(stmt)] = inside[0]
+        else:
+            main.append(stmt)
+    for name, begin, end in ranges:
+        if not any(range_of.get(id(s)) == (name, begin, end) for s in tree.body):
+            _fail(filename, begin, "block %s is empty" % name)
+
+    def compiled(body):
+        return compile(ast.Module(body=body, type_ignores=[]), filename, "exec", dont_inherit=True)
+
+    main_code = compiled(main)
+    main_bound = _stored_names(main_code)
+    owner, functions, codes = {}, {}, {}
+    for block, stmts in blocks.items():
+        counts = {}
+        for stmt in stmts:
+            for name in _bound_names(stmt, filename):
+                counts[name] = counts.get(name, 0) + 1
+                if name in owner and owner[name][0] != block:
+                    _fail(filename, stmt.lineno, "%s is bound in block %s too (line %d)" % (
+                        name, owner[name][0], owner[name][1]))
+                if name in main_bound or name in ON_DEMAND_NAMES:
+                    _fail(filename, stmt.lineno, "%s is bound outside block %s too" % (name, block))
+                owner.setdefault(name, (block, stmt.lineno))
+        functions[block] = [s.name for s in stmts if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                            and counts[s.name] == 1]
+        codes[block] = compiled(stmts)
+
+    def check_uses(code, where):
+        """Names used by code (main, or block `where`) that belong to
+        another block: its functions (returned), else a build error."""
+        used = set()
+        for name, line in sorted(_global_names(code).items(), key=lambda item: item[1] or 0):
+            if name not in owner or owner[name][0] == where:
+                continue
+            block, defined = owner[name]
+            if name not in functions[block]:
+                _fail(filename, line or 0, "%s, a class or constant of on-demand block %s (line %d), is "
+                                           "used outside it: move it out of the block, or its users in"
+                                           % (name, block, defined))
+            used.add(name)
+        return used
+
+    stubbed = check_uses(main_code, None)
+    for block, code in codes.items():
+        stubbed |= check_uses(code, block)
+
+    def at_line(nodes, line):
+        for node in nodes:
+            for child in ast.walk(node):
+                if "lineno" in child._attributes:
+                    child.lineno = child.end_lineno = line
+                    child.col_offset = child.end_col_offset = 0
+        return nodes
+
+    marshalled = [(block, marshal.dumps(codes[block])) for block in sorted(codes)]
+    places, offset = {}, 0
+    for block, data in marshalled:
+        places[block] = (offset, len(data))
+        offset += len(data)
+    loader = ast.parse(ON_DEMAND_LOADER + "_ON_DEMAND = %r\n_ON_DEMAND_BYTES = %d\n" % (places, offset)).body
+    body, done = [], False
+    for stmt in tree.body:
+        where = range_of.get(id(stmt))
+        if where is None:
+            body.append(stmt)
+            continue
+        if not done:
+            body.extend(at_line(loader, where[1]))
+            done = True
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name in stubbed:
+            stub = ast.parse("%s = _on_demand_stub(%r, %r)" % (stmt.name, where[0], stmt.name)).body
+            body.extend(at_line(stub, where[1]))
+    module = ast.Module(body=body, type_ignores=[])
+    return (compile(module, filename, "exec", dont_inherit=True), codes,
+            b"".join(data for _, data in marshalled))
 
 
 def shell_word(text):
@@ -266,6 +580,44 @@ def _module():
     return oci_interceptor
 
 
+def _names():
+    return {"name": MODULE[:-len(".py")], "source": MODULE}
+
+
+def loader_code():
+    """LOADER, compiled (for the .pyc: see PYTHON_CODE)."""
+    return compile(LOADER.format(**_names()), "<%s loader>" % MODULE, "exec", dont_inherit=True)
+
+
+def python_code(pyc_length=None, loader_offset=None, pyc_offset=0):
+    """The Python the preamble runs (see PYTHON_CODE): with pyc_length (the
+    part of the .pyc to read, whose loader starts at loader_offset), the
+    bytecode is read at pyc_offset in the archive; without it, the module
+    comes through zipimport."""
+    load_from_zip = LOAD_FROM_ZIP.format(**_names())
+    if pyc_length is None:
+        return load_from_zip + RUN_MAIN
+    import importlib.util
+    magic = 'b"%s"' % "".join("\\x%02x" % byte for byte in importlib.util.MAGIC_NUMBER)
+    literal = '"%s"' % load_from_zip.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # Fixed width: the offset is known once the archive is written behind
+    # the preamble, and then written into it in place.
+    return PYTHON_CODE.format(offset="%10d" % pyc_offset, length=pyc_length, loader=loader_offset, magic=magic,
+                              load_from_zip=literal) + RUN_MAIN
+
+
+def load_code(archive):
+    """The Python with which the archive's preamble loads the module (into
+    `m`), without running main: for tests and benchmarks."""
+    import shlex
+    with open(archive, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", "replace")
+    command = head[:head.index("\n# Never reached")].rpartition("\nexec ")[2]
+    code = shlex.split(command)[4]              # PYTHON -I -S -c CODE "$0" "$@"
+    assert code.endswith(RUN_MAIN)
+    return code[:-len(RUN_MAIN)]
+
+
 def build(output, python, fast=True):
     """Write the archive; fast=False leaves out the shell fast path (every
     call then starts Python)."""
@@ -276,16 +628,23 @@ def build(output, python, fast=True):
         ("__main__.py", MAIN.encode("utf-8")),
         (MODULE, source),
     ]
-    pyc = bytecode(os.path.join(HERE, MODULE))
+    pyc, pyc_length, loader_offset = bytecode(os.path.join(HERE, MODULE)) or (None, None, None)
     if pyc is not None:
         entries.append((MODULE + "c", pyc))
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     temp = output + ".tmp"
+    module = _module()
+
+    def preamble(pyc_offset):
+        python_call = "%s -I -S -c %s \"$0\" \"$@\"" % (shell_word(python), shell_word(python_code(
+            pyc_length, loader_offset, pyc_offset)))
+        early = EDITING_EXIT.format(python_call=python_call, words="|".join(
+            '*" %s "*' % word for word in sorted(module.EDITING_COMMANDS)))
+        return PREAMBLE.format(version=version, python_call=python_call,
+                               fast_path=early + fast_path(module) if fast else "").encode("utf-8")
     with open(temp, "wb") as f:
-        preamble = PREAMBLE.format(version=version, python=shell_word(python),
-                                   fast_path=fast_path(_module()) if fast else "")
-        f.write(preamble.encode("utf-8"))
+        f.write(preamble(0))
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for name, data in sorted(entries):
                 info = zipfile.ZipInfo(name, FIXED_DATE_TIME)
@@ -293,6 +652,19 @@ def build(output, python, fast=True):
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 info.create_system = 3
                 archive.writestr(info, data)
+    if pyc is not None:
+        with open(temp, "r+b") as f:
+            with zipfile.ZipFile(f) as archive:
+                header = archive.getinfo(MODULE + "c").header_offset
+            f.seek(header)
+            local = f.read(30)
+            offset = header + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            f.seek(offset)
+            assert f.read(len(pyc)) == pyc
+            first, final = preamble(0), preamble(offset)
+            assert len(first) == len(final)
+            f.seek(0)
+            f.write(final)
     os.chmod(temp, 0o755)
     os.rename(temp, output)
     return output

@@ -29,6 +29,33 @@ Standard library only, valid Python 3.6 and newer. Modules that a plain
 passthrough call does not need (json, re, difflib, ...) are imported inside
 the functions that use them, so forwarding `state` or `start` costs little
 more than starting the interpreter.
+
+Loading on demand. Code that most calls never run -- a feature a policy may
+not use (systemd mode, JSON patches, hooks directories, debug output), or a
+call of its own (--oi-register, --oi-check-config, --oi-dry-run, --oi-help)
+-- sits between two marker lines, at the start of a line:
+
+    # [on-demand: NAME]
+    def feature_edit(spec, value):
+        ...
+    # [end on-demand: NAME]
+
+In the .pyz, build_zipapp.py compiles each such block apart and leaves in
+its place a stub for each of its functions that code outside it calls: the
+block's code is unmarshalled and run (in this module's namespace) only when
+a call first needs one of them, so every other call starts about as fast as
+if the block did not exist.
+Here, in the source, nothing changes: run or import this file and all code
+is there. When a new feature or call is not needed by most containers, mark
+its code so (a block may be split into several ranges of the same NAME, say
+one per section, each kept where its code belongs). The build checks the
+rules and names the line of a breach: a block holds only whole top-level
+definitions (functions, classes, constants, imports) that change nothing
+outside it; code outside a block may call its functions (tables may hold
+them) but not use its classes or constants, which belong to the block alone
+and are computed when it loads; so a constant that others need (like
+SYSTEMD_ANNOTATION) stays outside. tests/test_startup.py checks that a
+create whose policy uses no such feature loads no block.
 """
 
 import posix
@@ -396,6 +423,7 @@ def adapt_drop_in(argv0, args):
     return args
 
 
+# [on-demand: help]
 def help_text():
     lines = [
         "usage: %s [--oi-FLAG ...] [RUNTIME GLOBAL OPTIONS] COMMAND [ARGS ...]" % PROG,
@@ -479,6 +507,7 @@ def _wrap(text, indent, width=78):
     if line.strip():
         out.append(line.rstrip())
     return out
+# [end on-demand: help]
 
 
 # ---------------------------------------------------------------------------
@@ -581,7 +610,7 @@ def load_policy(opts, argv0, complete=True):
         for hook_file in settings.get("hook-config-path", []):
             policy.rules.append(_load_hook_config_file(hook_file))
             policy.files.append(hook_file)
-        for hook_file, rule in _load_hooks_dirs(settings.get("hooks-dir", [])):
+        for hook_file, rule in _load_hooks_dirs(policy.hooks_dirs) if policy.hooks_dirs else ():
             policy.rules.append(rule)
             policy.files.append(hook_file)
     policy.rules.extend(rules)
@@ -613,7 +642,6 @@ def _load_config_file(path, explicit, policy):
     not run every container without its policy. Keeps in the policy what
     remember_passthrough needs: the stat of the descriptor read, and of the
     directory before the file was opened."""
-    import errno
     try:
         dir_stat = posix.stat(path.rpartition("/")[0] or "/") if path.startswith("/") else None
     except OSError:
@@ -621,6 +649,7 @@ def _load_config_file(path, explicit, policy):
     try:
         read = _read_policy_file(path, "config", missing_ok=not explicit, trusted_as="config file")
     except ConfigError as exc:
+        import errno
         if explicit and getattr(exc, "errno", None) == errno.ENOENT:
             raise ConfigError("%s (named by %s)" % (exc, explicit))
         raise
@@ -971,6 +1000,7 @@ def _valid_cdi_env(value):
     return value
 
 
+# [on-demand: cdi]
 def _valid_cdi_device_names(value):
     _valid_string_list(value)
     for index, item in enumerate(value):
@@ -979,6 +1009,7 @@ def _valid_cdi_device_names(value):
         except ValueError as exc:
             raise PathError("[%d]" % index, _message(exc))
     return value
+# [end on-demand: cdi]
 
 
 # The settings a config file (and a profile) may have, and how each is
@@ -1111,6 +1142,7 @@ def _valid_annotations(value):
     return value
 
 
+# [on-demand: json-patch]
 def _valid_merge_patch(value):
     if not isinstance(value, dict):
         raise ValueError("expected a JSON merge patch object (RFC 7386), found %s" % _json_text(value))
@@ -1134,6 +1166,7 @@ def _valid_json_patch(value):
         if kind == "move" and (op["path"] + "/").startswith(op["from"] + "/") and op["path"] != op["from"]:
             raise PathError(where, "cannot move a value into itself")
     return value
+# [end on-demand: json-patch]
 
 
 # Guardrail rules: a rule's mode, and the values of the guardrail actions
@@ -1145,6 +1178,7 @@ PRESET_LEVELS = ("baseline", "restricted")
 AUDIT_SYSLOG = "syslog"
 
 
+# [on-demand: guardrails]
 def _valid_deny(value):
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected the message to show (a non-empty string), found %s" % _json_text(value))
@@ -1233,6 +1267,7 @@ def _valid_limits(value):
         else:
             raise PathError("." + key, "unknown key (allowed: cpus, memory, pids)")
     return value
+# [end on-demand: guardrails]
 
 
 def _load_hook_config_file(path):
@@ -1255,10 +1290,10 @@ def _load_hook_config_file(path):
 def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     """(raw, stat) of a policy file root must own; None if missing_ok and
     the file does not exist."""
-    import errno
     try:
         raw, st = read_config(path, follow_symlinks=True)
     except ReadError as exc:
+        import errno
         if missing_ok and exc.errno == errno.ENOENT:
             return None
         error = ConfigError("%s %s" % (what, _strip_prefix(str(exc), "cannot read %s: " % path, path)))
@@ -1268,6 +1303,7 @@ def _read_policy_file(path, what, missing_ok=False, trusted_as=None):
     return raw, st
 
 
+# [on-demand: hooks-dir]
 def _load_hooks_dirs(directories):
     """OCI hooks 1.0.0 files of the directories, as Podman and CRI-O read
     them: *.json only, a later directory masks a file of the same name,
@@ -1331,6 +1367,7 @@ def _load_hook_file(path):
     for stage in stages:
         hooks.setdefault(stage, [hook])
     return Rule("hooks.d %s" % os.path.basename(path), when, {"hooks": hooks}, path)
+# [end on-demand: hooks-dir]
 
 
 # ---------------------------------------------------------------------------
@@ -1454,12 +1491,12 @@ class RuntimeCall(object):
         """The config.json the runtime will read, as an absolute path."""
         if self.unreadable is not None:
             raise InterceptorError("cannot read the runtime's command line: %s" % self.unreadable)
-        bundle = os.path.abspath(self.bundle or ".")
+        bundle = path_abspath(self.bundle or ".")
         if self.config_file is None or self.config_file == "config.json":
             # crun resolves any other -f against the directory it started
             # in, but opens "config.json" itself in the bundle.
-            return os.path.join(bundle, "config.json")
-        return os.path.abspath(self.config_file)
+            return path_join(bundle, "config.json")
+        return path_abspath(self.config_file)
 
 
 def parse_runtime_call(args):
@@ -1673,6 +1710,53 @@ def getenv(name):
     """os.environ.get(name) without importing os."""
     value = posix.environ.get(name.encode())
     return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+# os.path's abspath, normpath, join and split for str paths, without
+# importing os (a create needs only these of it).
+
+def path_abspath(path):
+    """os.path.abspath(path)."""
+    if not path.startswith("/"):
+        path = path_join(posix.getcwd(), path)
+    return path_normpath(path)
+
+
+def path_normpath(path):
+    """os.path.normpath(path): "." and ".." steps and repeated slashes
+    resolved by the text alone (POSIX keeps two leading slashes)."""
+    native = getattr(posix, "_path_normpath", None)        # Python 3.11+
+    if native is not None:
+        return native(path) or "."
+    if not path:
+        return "."
+    slashes = 2 if path.startswith("//") and not path.startswith("///") else 1 if path.startswith("/") else 0
+    parts = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part != ".." or (not slashes and not parts) or (parts and parts[-1] == ".."):
+            parts.append(part)
+        elif parts:
+            parts.pop()
+    return "/" * slashes + "/".join(parts) or "."
+
+
+def path_join(directory, name):
+    """os.path.join(directory, name)."""
+    if name.startswith("/"):
+        return name
+    if not directory or directory.endswith("/"):
+        return directory + name
+    return directory + "/" + name
+
+
+def path_split(path):
+    """os.path.split(path): (directory, last part)."""
+    head, tail = path[:path.rfind("/") + 1], path[path.rfind("/") + 1:]
+    if head and head != "/" * len(head):
+        head = head.rstrip("/")
+    return head, tail
 
 
 # ---------------------------------------------------------------------------
@@ -1902,6 +1986,7 @@ def env_values(env):
 # a volume another running container writes, swapped for a symlink) may then
 # lead elsewhere: the check is at create time, not at mount time.
 
+# [on-demand: guardrails]
 _CAPABILITY_NAMES = (
     "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
     "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
@@ -2586,6 +2671,7 @@ def preset_findings(level, spec, state):
                     findings.append("%s (%s)" % (control.name, found))
             return findings
     raise InterceptorError("no preset level %s" % _quote_for_message(level))
+# [end on-demand: guardrails]
 
 
 # ---------------------------------------------------------------------------
@@ -2693,13 +2779,11 @@ def _may_carry_submounts(source):
     source that cannot be looked at (relative, unreadable) may."""
     if not isinstance(source, str) or not source.startswith("/"):
         return True
-    import errno
-    import stat
     try:
-        return stat.S_ISDIR(os.stat(source).st_mode)
-    except OSError as exc:
-        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
-    except ValueError:
+        return (posix.stat(source).st_mode & _S_IFMT) == _S_IFDIR
+    except (FileNotFoundError, NotADirectoryError):         # ENOENT, ENOTDIR
+        return False
+    except (OSError, ValueError):
         return True
 
 
@@ -2926,6 +3010,7 @@ class EditContext(object):
     own_systemd_cgroup = property(lambda self: self._fact("own_systemd_cgroup"))
 
 
+# [on-demand: systemd]
 def host_cgroup_mounts(lines=None):
     """What /proc/self/mountinfo (or these lines of it) says: cgroup_version
     2 when the mount on top at /sys/fs/cgroup is cgroup2, else 1 (legacy or
@@ -3242,6 +3327,7 @@ def created_in_systemd_mode(runtime, global_args, container_id):
         except (InterceptorError, ValueError):
             return False
     return isinstance(annotations, dict) and annotations.get(SYSTEMD_ANNOTATION) == "true"
+# [end on-demand: systemd]
 
 
 def edit_cdi_devices(spec, names, context):
@@ -3249,6 +3335,7 @@ def edit_cdi_devices(spec, names, context):
     return inject_cdi_devices(spec, names, context)
 
 
+# [on-demand: json-patch]
 def edit_merge_patch(spec, patch):
     """RFC 7386 JSON merge patch over the whole config."""
     changes = []
@@ -3289,6 +3376,7 @@ def edit_json_patch(spec, operations):
     spec.clear()
     spec.update(document)
     return ["json-patch: %s %s" % (op["op"], op["path"]) for op in operations if op["op"] != "test"]
+# [end on-demand: json-patch]
 
 
 def edit_runtime_path(spec, path, context):
@@ -3317,6 +3405,7 @@ class Denied(InterceptorError):
         return "denied by rule %s: %s" % (self.rule, self.reason) if self.rule else self.reason
 
 
+# [on-demand: guardrails]
 def edit_deny(spec, message):
     """deny: refuse the container, with the admin's message."""
     raise Denied(message)
@@ -3493,6 +3582,7 @@ def edit_readonly_rootfs(spec, enabled):
         return []
     root["readonly"] = True
     return ["root.readonly: set"]
+# [end on-demand: guardrails]
 
 
 class Action(object):
@@ -3635,6 +3725,7 @@ def _apply_rule(spec, rule, context):
     return changes
 
 
+# [on-demand: guardrails]
 class RuleNote(object):
     """What a rule in warn or audit mode would have done."""
 
@@ -3668,6 +3759,7 @@ def rehearse_rule(spec, rule, context):
         prefix = rule.name + ": "
         guardrail_state(context).notes.append(RuleNote(
             rule, [c[len(prefix):] if c.startswith(prefix) else c for c in changes], refusal))
+# [end on-demand: guardrails]
 
 
 def _get_list(spec, key):
@@ -3689,8 +3781,7 @@ def _mount_destination(mounts, index):
 
 def _clean_path(path):
     """'/etc//hosts/' -> '/etc/hosts', as runtimes clean a destination."""
-    import posixpath
-    return posixpath.normpath("/" + path.lstrip("/")) if path else path
+    return path_normpath("/" + path.lstrip("/")) if path else path
 
 
 def _is_under(path, parent):
@@ -3758,6 +3849,19 @@ CDI_SANDBOX_ANNOTATIONS = (("io.kubernetes.cri.container-type", "sandbox"),
                            ("io.kubernetes.cri-o.ContainerType", "sandbox"))
 
 
+def cdi_request_rules(spec, policy):
+    """The devices a container asks for itself, each source as a rule that
+    applies first, before the policy's own rules (see _cdi_request_rules).
+    Only a container that asks loads this section's code."""
+    annotations = spec.get("annotations")
+    if ((policy.cdi_annotations and isinstance(annotations, dict)
+         and any(key.startswith(CDI_ANNOTATION_PREFIX) for key in annotations))
+            or (policy.cdi_env and (_env_values(spec).get(policy.cdi_env) or "").strip(", \t"))):
+        return _cdi_request_rules(spec, policy)
+    return []
+
+
+# [on-demand: cdi]
 def parse_cdi_name(name):
     """"vendor.com/class=name" -> (vendor, class, name); ValueError saying
     what is wrong, as the reference parser checks it."""
@@ -3806,7 +3910,7 @@ def _cdi_name_problem(part, inner, letter_first):
 
 # --- requests -------------------------------------------------------------------
 
-def cdi_request_rules(spec, policy):
+def _cdi_request_rules(spec, policy):
     """The devices a container asks for itself, each source as a rule that
     applies first, before the policy's own rules (as an engine applies CDI
     when it writes the config): the annotations cdi.k8s.io/* (a
@@ -3867,6 +3971,11 @@ class CdiSpec(object):
         self.edits = edits          # spec-wide CdiEdits
         self.devices = devices      # {name: CdiEdits}, in file order
         self.version = version
+
+
+def read_cdi_specs(directories, warn=True):
+    """The CdiCache of these spec directories."""
+    return CdiCache(directories, warn)
 
 
 class CdiCache(object):
@@ -4739,6 +4848,7 @@ def _add_additional_gids(spec, gids):
             present.append(gid)
             changes.append("process.user.additionalGids: added %d" % gid)
     return changes
+# [end on-demand: cdi]
 
 
 # ---------------------------------------------------------------------------
@@ -4803,26 +4913,49 @@ class _ScanContext(object):
     parse_constant = staticmethod(_refuse_constant)
 
 
+class _ConfigScan(_ScanContext):
+    """The scan of a config.json, noting whether some object has keys that
+    Go could read differently (check_keys_as_go_reads_them's key rules on
+    that object alone): without one, and with no more brackets than
+    MAX_CONFIG_DEPTH, that check has nothing to find (parse_config)."""
+
+    def __init__(self):
+        self.suspect = False
+
+    def object_pairs_hook(self, pairs):
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            _object_without_duplicates(pairs)           # names the duplicate key
+        if not (self.suspect or SPEC_FIELDS.issuperset(obj)) and _struct_keys_problem(obj, None):
+            self.suspect = True
+        return obj
+
+
 _scanner = None
 
 
-def _json_scanner():
+def _json_scanner(context=None):
+    """The C scanner of _ScanContext (made once), or of context."""
     global _scanner
-    if _scanner is None:
-        try:
-            from _json import make_scanner
-        except ImportError:  # pragma: no cover - interpreters without _json
-            from json.scanner import make_scanner
-        _scanner = make_scanner(_ScanContext())
-    return _scanner
+    if context is None and _scanner is not None:
+        return _scanner
+    try:
+        from _json import make_scanner
+    except ImportError:  # pragma: no cover - interpreters without _json
+        from json.scanner import make_scanner
+    scanner = make_scanner(context or _ScanContext())
+    if context is None:
+        _scanner = scanner
+    return scanner
 
 
 _JSON_WHITESPACE = " \t\n\r"
 
 
-def parse_json(raw):
+def parse_json(raw, context=None):
     """Bytes -> a JSON value, or ValueError with a one-line reason: the
-    same value and the same messages as json.loads."""
+    same value and the same messages as json.loads. context: a
+    _ScanContext whose object_pairs_hook builds the objects."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -4830,7 +4963,7 @@ def parse_json(raw):
     start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
     if not text.startswith("\ufeff"):
         try:
-            value, end = _json_scanner()(text, start)
+            value, end = _json_scanner(context)(text, start)
         except RecursionError:
             raise ValueError("nested deeper than %d levels; refusing it" % MAX_CONFIG_DEPTH)
         except (StopIteration, SystemError):
@@ -4845,7 +4978,7 @@ def parse_json(raw):
     # package is loaded): let json.loads find the error and word it.
     import json
     try:
-        return json.loads(text, object_pairs_hook=_object_without_duplicates,
+        return json.loads(text, object_pairs_hook=(context or _ScanContext).object_pairs_hook,
                           parse_float=RawNumber, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise ValueError("%s: line %d column %d" % (exc.msg, exc.lineno, exc.colno))
@@ -4855,15 +4988,18 @@ def parse_json(raw):
 
 def parse_config(raw, path):
     """Bytes of a config.json -> dict, or InterceptorError naming the problem."""
+    scan = _ConfigScan()
     try:
-        spec = parse_json(raw)
+        spec = parse_json(raw, scan)
     except ValueError as exc:
         raise InterceptorError("cannot parse %s: %s" % (path, exc))
     if not isinstance(spec, dict):
         raise InterceptorError("%s is not a JSON object" % path)
-    problem = check_keys_as_go_reads_them(spec)
-    if problem:
-        raise InterceptorError("%s: %s" % (path, problem))
+    # A nesting deeper than MAX_CONFIG_DEPTH needs more brackets than that.
+    if scan.suspect or raw.count(b"{") + raw.count(b"[") > MAX_CONFIG_DEPTH:
+        problem = check_keys_as_go_reads_them(spec)
+        if problem:
+            raise InterceptorError("%s: %s" % (path, problem))
     return spec
 
 
@@ -4916,30 +5052,36 @@ def _go_fold(key):
     return key.translate(_FOLD_TO_ASCII).lower()
 
 
+_CONTAINER_TYPES = frozenset((dict, list))
+
+
 def check_keys_as_go_reads_them(spec):
     """None, or the first problem: a nesting deeper than MAX_CONFIG_DEPTH,
     or keys of a runtime-spec object that Go would read differently from
-    us (see SPEC_FIELDS)."""
-    global _FOLDED_FIELDS
-    if _FOLDED_FIELDS is None:
-        _FOLDED_FIELDS = {_go_fold(name): name for name in SPEC_FIELDS}
-    # (value, depth, where, kind): kind "struct" (key rules apply), "map"
-    # (a map of structs) or "data" (no key rules).
-    stack = [(spec, 1, "", "struct")]
+    us (see SPEC_FIELDS). spec: as parse_json makes it (plain dicts and
+    lists)."""
+    # (value, depth, path, kind): path is None for the top, else (the
+    # parent's path, key or index), made text only for a message; kind
+    # "struct" (key rules apply), "map" (a map of structs) or "data" (no
+    # key rules).
+    stack = [(spec, 1, None, "struct")]
     while stack:
-        value, depth, where, kind = stack.pop()
+        value, depth, path, kind = stack.pop()
         if depth > MAX_CONFIG_DEPTH:
-            top = where.partition(".")[0].partition("[")[0]
+            top = _path_where(path).partition(".")[0].partition("[")[0]
             return "nested deeper than %d levels (under %s); refusing it" % (MAX_CONFIG_DEPTH, _json_text(top))
         if isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1, "%s[%d]" % (where, index), kind))
+            if not _CONTAINER_TYPES.isdisjoint(map(type, value)):
+                for index, item in enumerate(value):
+                    if isinstance(item, (dict, list)):
+                        stack.append((item, depth + 1, (path, index), kind))
             continue
         if kind == "struct":
-            problem = _struct_keys_problem(value, where)
+            problem = _struct_keys_problem(value, path)
             if problem:
                 return problem
+        if _CONTAINER_TYPES.isdisjoint(map(type, value.values())):
+            continue        # (screened at C speed: most lists and objects hold no other)
         for key, item in value.items():
             if not isinstance(item, (dict, list)):
                 continue
@@ -4952,11 +5094,33 @@ def check_keys_as_go_reads_them(spec):
                     child = "struct"
             else:
                 child = "struct" if kind == "map" else "data"
-            stack.append((item, depth + 1, (where + "." if where else "") + key, child))
+            stack.append((item, depth + 1, (path, key), child))
     return None
 
 
-def _struct_keys_problem(obj, where):
+def _path_where(path):
+    """A path of check_keys_as_go_reads_them as text: "linux.devices[2]"."""
+    steps = []
+    while path is not None:
+        path, step = path
+        steps.append(step)
+    where = ""
+    for step in reversed(steps):
+        if isinstance(step, int):
+            where = "%s[%d]" % (where, step)
+        else:
+            where = (where + "." if where else "") + step
+    return where
+
+
+def _struct_keys_problem(obj, path):
+    if SPEC_FIELDS.issuperset(obj):
+        return None     # only fields, spelled as such (no two fields fold together)
+    global _FOLDED_FIELDS
+    if _FOLDED_FIELDS is None:
+        # (_go_fold of an ASCII name, as every field's is)
+        _FOLDED_FIELDS = {name.lower(): name for name in SPEC_FIELDS}
+    where = _path_where(path)
     seen = {}
     for key in obj:
         folded = _go_fold(key)
@@ -5007,20 +5171,40 @@ PRETTY = Layout("  ", ",", ": ", True)
 def serialize_config(spec, layout):
     """dict -> bytes, laid out as layout says; non-ASCII written as UTF-8."""
     encode_basestring, encode_basestring_ascii = _string_encoders()
-    out = []
-    _encode_value(spec, out, layout, 0, encode_basestring)
-    if layout.final_newline:
-        out.append("\n")
-    text = "".join(out)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a \udXXX escape) cannot be UTF-8: escape all.
-        out = []
-        _encode_value(spec, out, layout, 0, encode_basestring_ascii)
+    for encode_string, encoding in ((encode_basestring, "utf-8"), (encode_basestring_ascii, "ascii")):
+        text = _encode_compact(spec, layout, encode_string)
+        if text is None:
+            out = []
+            _encode_value(spec, out, layout, 0, encode_string)
+            text = "".join(out)
         if layout.final_newline:
-            out.append("\n")
-        return "".join(out).encode("ascii")
+            text += "\n"
+        try:
+            return text.encode(encoding)
+        except UnicodeEncodeError:
+            # A lone surrogate (from a \udXXX escape) cannot be UTF-8: escape all.
+            continue
+
+
+def _encode_compact(value, layout, encode_string):
+    """The text _encode_value writes for an unindented layout, written by
+    the standard library's C encoder (most engines write config.json so),
+    or None where it does not apply: an indented layout, a RawNumber or
+    anything else only _encode_value writes (or refuses)."""
+    if layout.indent is not None:
+        return None
+    try:
+        from _json import make_encoder
+    except ImportError:  # pragma: no cover - interpreters without _json
+        return None
+
+    def not_plain(value):
+        raise TypeError("not a plain JSON value")
+    try:
+        return "".join(make_encoder(None, not_plain, encode_string, None, layout.key_sep, layout.item_sep,
+                                    False, False, False)(value, 0))
+    except Exception:
+        return None
 
 
 def _string_encoders():
@@ -5110,6 +5294,8 @@ def json_equal(a, b):
     object members does not matter, order of array items does."""
     if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
         return a is b
+    if type(a) is int and type(b) is int:
+        return a == b                   # exact, and no Decimal to import
     numbers = (int, float, RawNumber)
     if isinstance(a, numbers) and isinstance(b, numbers):
         return _number(a) == _number(b)
@@ -5130,6 +5316,7 @@ def _copy_json(value):
     return value
 
 
+# [on-demand: json-patch]
 def parse_pointer(pointer):
     """An RFC 6901 JSON pointer -> list of reference tokens."""
     if not isinstance(pointer, str):
@@ -5242,6 +5429,7 @@ def _patch_remove(document, pointer):
     parent, key = _locate(document, tokens)
     del parent[key]
     return document
+# [end on-demand: json-patch]
 
 
 # ---------------------------------------------------------------------------
@@ -5263,13 +5451,13 @@ def read_config(path, follow_symlinks=False):
     too (a FIFO would block forever). Uses posix only: a call that merely
     looks for the default config file stays cheap.
     """
-    import errno
     flags = posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC
     if not follow_symlinks:
         flags |= posix.O_NOFOLLOW
     try:
         fd = posix.open(path, flags)
     except OSError as exc:
+        import errno
         if exc.errno == errno.ELOOP and not follow_symlinks:
             raise ReadError("cannot read %s: it is a symlink; refusing to edit through it" % path)
         raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
@@ -5293,75 +5481,80 @@ def read_config(path, follow_symlinks=False):
 _TEMP_MARK = ".oi-tmp-"
 
 
-def write_atomically(path, data, st=None, mode=0o600):
+def write_atomically(path, data, st=None, mode=0o600, durable=True):
     """Replace path with data: a temp file in the same directory, written,
     given the original's mode and owner (st; without it, `mode` and our own
-    owner), fsynced, then renamed over path. Either the complete old or the
-    complete new file is there, never a mix."""
-    directory, name = os.path.split(path)
+    owner), then renamed over path. Either the complete old or the complete
+    new file is there, never a mix. durable: the temp file is fsynced before
+    the rename and the directory after it, so that the new file also
+    survives a crash of the machine; without it, a crash may leave the old
+    file or, on some filesystems, an empty one. Uses posix only."""
+    directory, name = path_split(path)
     _remove_stale_temp_files(directory, name)
-    temp = os.path.join(directory, ".%s%s%d-%s" % (name, _TEMP_MARK, os.getpid(), os.urandom(4).hex()))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    temp = path_join(directory, ".%s%s%d-%s" % (name, _TEMP_MARK, posix.getpid(), posix.urandom(4).hex()))
+    flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | getattr(posix, "O_CLOEXEC", 0)
     try:
-        fd = os.open(temp, flags, 0o600)
+        fd = posix.open(temp, flags, 0o600)
     except OSError as exc:
         raise InterceptorError("cannot write %s: %s" % (path, exc.strerror))
     try:
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
+                written = posix.write(fd, view)
                 view = view[written:]
-            if st is not None and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
-            os.fsync(fd)
+            if st is not None and (st.st_uid, st.st_gid) != (posix.geteuid(), posix.getegid()):
+                posix.fchown(fd, st.st_uid, st.st_gid)
+            posix.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
+            if durable:
+                posix.fsync(fd)
         finally:
-            os.close(fd)
-        os.rename(temp, path)
+            posix.close(fd)
+        posix.rename(temp, path)
     except OSError as exc:
         try:
-            os.unlink(temp)
+            posix.unlink(temp)
         except OSError:
             pass
         raise InterceptorError("cannot write %s: %s" % (path, exc.strerror))
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def _fsync_directory(directory):
     try:
-        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = posix.open(directory or ".", posix.O_RDONLY | getattr(posix, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
-        os.fsync(fd)
+        posix.fsync(fd)
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _remove_stale_temp_files(directory, name):
     """Remove temp files left by a writer that was killed mid-write."""
     prefix = "." + name + _TEMP_MARK
     try:
-        entries = os.listdir(directory or ".")
+        entries = posix.listdir(directory or ".")
     except OSError:
         return
     for entry in entries:
         if not entry.startswith(prefix):
             continue
         pid = entry[len(prefix):].partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _process_exists(int(pid)):
+        if pid.isdigit() and int(pid) != posix.getpid() and not _process_exists(int(pid)):
             try:
-                os.unlink(os.path.join(directory, entry))
+                posix.unlink(path_join(directory, entry))
             except OSError:
                 pass
 
 
 def _process_exists(pid):
     try:
-        os.kill(pid, 0)
+        posix.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
@@ -5407,7 +5600,7 @@ def plan_edit(call, policy, keep_parsed=False):
     spec = parse_config(raw, path)
     parsed = serialize_config(spec, PRETTY) if keep_parsed else None
     context = EditContext(call.container_id, cdi_spec_dirs=policy.cdi_spec_dirs)
-    context.bundle = os.path.abspath(call.bundle or ".")
+    context.bundle = path_abspath(call.bundle or ".")
     rules = matching_rules(spec, policy, context)
     denied = None
     try:
@@ -5437,7 +5630,10 @@ def edit_bundle(call, policy):
     if result.context.runtime_path is not None and result.denied is None:
         runtime = find_runtime(result.context.runtime_path)
     if result.new_raw is not None:
-        write_atomically(result.path, result.new_raw, result.stat)
+        # Not fsynced: the runtime reads it at once, from the page cache, and
+        # engines write a new config.json for every create (containerd and
+        # Podman do not fsync theirs either).
+        write_atomically(result.path, result.new_raw, result.stat, durable=False)
     if policy.write_debug_output:
         name = debug_file_stem(result.spec.get("hostname"), call.container_id)
         files = [(name + "_original.json", result.raw), (name + "_parsed.json", result.parsed)]
@@ -5578,6 +5774,7 @@ def write_record(root, container_id, record):
     _remove_stale_records(directory)
 
 
+# [on-demand: records-gc]
 def runtime_of_root(root):
     """The runtime every recorded container under this --root has, if they
     all have the same one (for calls that name no container: list)."""
@@ -5665,6 +5862,7 @@ def _remove_stale_records(directory):
 def _unescape(text):
     import urllib.parse
     return urllib.parse.unquote(text, errors="surrogateescape")
+# [end on-demand: records-gc]
 
 
 # ---------------------------------------------------------------------------
@@ -5761,6 +5959,7 @@ def debug_file_stem(hostname, container_id):
     return name
 
 
+# [on-demand: debug-output]
 def _open_debug_dir(directory):
     """An fd of the debug directory, created 0700 if missing. Never through a
     symlink, and only a directory of our own that no one else can write:
@@ -5847,6 +6046,11 @@ def log_runtime_call(directory, argv):
 # interleave), or sent to syslog as one datagram. It can never refuse or
 # strand a container: a log that cannot be written is a warning.
 
+# [end on-demand: debug-output]
+
+
+# The audit log (the audit-log setting): a line per create, run or restore.
+# [on-demand: audit]
 SYSLOG_SOCKET = "/dev/log"
 SYSLOG_DAEMON = 3          # facility daemon; severities warning (4) and info (6)
 
@@ -5928,8 +6132,10 @@ def _send_to_syslog(line, refused):
         sock.send(message)
     finally:
         sock.close()
+# [end on-demand: audit]
 
 
+# [on-demand: debug-output]
 _SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
 
 
@@ -5959,6 +6165,7 @@ def _is_utf8(raw):
         return True
     except UnicodeDecodeError:
         return False
+# [end on-demand: debug-output]
 
 
 
@@ -5990,6 +6197,7 @@ def exec_runtime(runtime, runtime_args):
         raise InterceptorError("cannot execute runtime %s: %s" % (runtime, exc.strerror))
 
 
+# [on-demand: register]
 def register(opts, argv0):
     """--oi-register ENGINE, or --oi-unregister ENGINE (opts.register names
     the engine for both): returns the text to print."""
@@ -6418,6 +6626,7 @@ def unregister_docker(name, daemon_json):
     lines.extend("  " + change for change in changes)
     lines.append(DOCKER_APPLY)
     return "\n".join(lines) + "\n"
+# [end on-demand: register]
 
 
 def remember_passthrough(argv0, opts, call, policy):
@@ -6485,6 +6694,7 @@ def _stat_signature(st):
         st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9, st.st_uid, st.st_gid, st.st_mode & 0o7777)
 
 
+# [on-demand: check-config]
 def check_config_report(policy):
     """The --oi-check-config summary: where the policy comes from (resolved
     paths), and every rule's conditions and actions in full. When the
@@ -6517,7 +6727,7 @@ def check_config_report(policy):
     lines.append("cdi spec dirs: %s" % (", ".join(policy.cdi_spec_dirs) or "(none)"))
     lines.append("cdi requests: rules (cdi-devices), annotations %s* (%s), env variable %s" % (
         CDI_ANNOTATION_PREFIX, "on" if policy.cdi_annotations else "off", policy.cdi_env or "(none)"))
-    cache = CdiCache(policy.cdi_spec_dirs, warn=False)
+    cache = read_cdi_specs(policy.cdi_spec_dirs, warn=False)
     lines.extend(cdi_report_lines(cache, [(name, found[0].path) for name, found in sorted(cache.devices.items())]))
     lines.append("rules: %d" % len(policy.rules))
     for rule in policy.rules:
@@ -6590,8 +6800,10 @@ def _condition_text(cond):
 
 def _full_json_text(value):
     return serialize_config(value, Layout(None, ", ", ": ")).decode("utf-8", "replace")
+# [end on-demand: check-config]
 
 
+# [on-demand: dry-run]
 def dry_run_report(call, policy, runtime, runtime_args):
     """The --oi-dry-run report: what this call would do."""
     lines = ["%s dry run: nothing is written or executed" % PROG]
@@ -6627,6 +6839,7 @@ def dry_run_report(call, policy, runtime, runtime_args):
             runtime_args = systemd_kill_args(call, runtime, runtime_args)
     lines.append("would exec: %s" % " ".join(shell_quote(a) for a in [runtime] + runtime_args))
     return "\n".join(lines) + "\n"
+# [end on-demand: dry-run]
 
 
 def run(argv0, args):
@@ -6691,9 +6904,11 @@ def create_container(call, opts, policy):
     try:
         result, runtime = edit_bundle(call, policy)
     except InterceptorError as exc:
-        audit_call(policy, call, error=exc)
+        if policy.audit_log:
+            audit_call(policy, call, error=exc)
         raise
-    audit_call(policy, call, result)
+    if policy.audit_log:
+        audit_call(policy, call, result)
     record = None
     # Later calls go where the policy says, or where the command line says
     # when the policy cannot be read: a record only where that is wrong.
@@ -6759,6 +6974,7 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     return runtime, runtime_args, None
 
 
+# [on-demand: record-delete]
 def delete_and_forget(call, runtime, runtime_args):
     """delete of a recorded container: the runtime runs as our child (same
     stdio; the signals we get are passed on), and the record goes once the
@@ -6787,6 +7003,7 @@ def delete_and_forget(call, runtime, runtime_args):
     if code == 0:
         write_record(call.root, call.container_id, None)
     return code
+# [end on-demand: record-delete]
 
 
 def main(argv0=None, args=None):

@@ -1,24 +1,37 @@
 #!/usr/bin/env python3
 """Benchmarks of oci-interceptor's per-call cost (not a test: run it by hand).
 
-    python3 tests/benchmark.py [--pairs N] [--skip-docker] [--json FILE]
+    python3 tests/benchmark.py [--pairs N] [--docker-pairs N] [--skip-docker]
+                               [--go-peer PATH] [--json FILE]
 
-Run as root on a host prepared by tests/prepare-host. It builds the .pyz,
-then measures, each pair of commands alternating (A B, B A, ...) so that
-drift in the machine's load falls on both sides alike, and reports medians:
+Run as root with /usr/bin/python3 on a host prepared by tests/prepare-host.
+It builds the .pyz, then measures, the commands of each comparison
+alternating round by round (A B C, B C A, ...) so that drift in the
+machine's load falls on every side alike; it reports medians, and for each
+ratio the median of the per-round ratios (paired), which a noisy machine
+moves less:
 
   (a) passthrough: `state ID` of a live container through the .pyz, against
       runc itself and against a bare `python3 -I -S -c pass` (the floor of any
       Python program); the figure is the overhead (.pyz - runc) / floor; once
       with flags and no config file, once with a policy file (after the first
-      call, the shell preamble passes the call by on Python's record);
+      call, the shell preamble passes the call by on Python's record); with a
+      Go peer, also the same `state` through it and through the .pyz with its
+      command line (oci-add-hooks --hook-config-path F --runtime-path R ...);
   (b) create: a real Docker config.json (captured from a private dockerd's
-      own `docker run`) edited by a typical policy, /bin/true as the runtime,
-      against the floor;
+      own `docker run`, restored before each run), /bin/true as the runtime,
+      against the floor: edited by a typical policy (read-only mounts, two
+      env vars), and given the hooks of one hook file (the oci-add-hooks
+      command line, which the .pyz takes too) -- with a Go peer, that one
+      through the peer as well;
+  (i) the module's load on the create path (as the preamble loads it: read,
+      unmarshal, module body; no on-demand block), timed inside the
+      interpreter;
   (c) scale: configs with 1k, 10k, 50k env entries and 200, 2k, 10k mounts;
   (d) end to end: `docker run --rm` of busybox `true` through the
       interceptor against runc, on a private dockerd: registered by path with
-      the policy in its config file, and with the policy in runtimeArgs;
+      the policy in its config file, and with the policy in runtimeArgs (the
+      config file then activates none, as the packages install it);
   (e) peak memory (max RSS) of (b) and (c);
   (f) guardrails: the create of (b) with its policy in a config file, and
       the same file with 20 guardrail rules added (both presets, refusals on
@@ -27,8 +40,14 @@ drift in the machine's load falls on both sides alike, and reports medians:
       the paired differences), in wall time and in CPU time, which the
       machine's other load moves less.
 
-Targets: (a) <= 1.25, (b) <= 2.0x the floor, (c) 10k env + 2k mounts under
-100 ms and linear growth, (d) <= 1.10x, (f) <= 1 ms.
+The Go peer (awslabs/oci-add-hooks, a static binary; --go-peer PATH or
+$OCI_INTERCEPTOR_GO_PEER) is a yardstick only: its rows are left out without
+it. It runs the runtime as its child; the .pyz execs it.
+
+Targets: (a) <= 1.25 of the floor and <= 0.6x the Go peer; (b) <= 1.3x the
+floor (the hook-file create then about <= 1.9x the Go peer); (i) <= 1.5 ms;
+(c) 10k env + 2k mounts under 100 ms and linear growth; (d) <= 1.04x;
+(f) <= 1 ms.
 """
 
 import argparse
@@ -50,6 +69,11 @@ sys.path.insert(0, REPO)
 import build_zipapp  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
+# The hook file of the hook-file create: two hooks, as a GPU or monitoring
+# agent's oci-add-hooks file has.
+HOOK_FILE = {"hooks": {
+    "prestart": [{"path": "/usr/local/bin/oci-hook", "args": ["oci-hook", "prestart"], "env": ["HOOK=1"]}],
+    "poststop": [{"path": "/usr/local/bin/oci-hook", "args": ["oci-hook", "poststop"], "timeout": 10}]}}
 
 
 def spawn(argv, env=None, before=None, cpu=None):
@@ -108,8 +132,35 @@ def alternate(sides, pairs, before=None, rounds=None, cpu=None):
             {name: max(values) for name, values in rss.items()})
 
 
+def paired(rounds, a, b):
+    """The median of the per-round ratios a / b."""
+    return statistics.median(r[a] / r[b] for r in rounds)
+
+
+def spread(values):
+    """(10th, 90th) percentile."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 10], ordered[len(ordered) * 9 // 10]
+
+
 def ms(seconds):
     return "%.2f ms" % (seconds * 1000)
+
+
+def module_load_seconds(pyz, runs):
+    """Seconds to load the module as the preamble does (zipimport, unmarshal,
+    module body), timed inside fresh interpreters: the median and (10th,
+    90th) percentiles, and the on-demand blocks loaded (none, or the load
+    would not be the create path's)."""
+    code = ("import time\nt=time.perf_counter()\n" + build_zipapp.load_code(pyz) +
+            "\nt=time.perf_counter()-t\nprint(t, *getattr(m, '_ON_DEMAND_LOADED', ['(no-blocks)']))")
+    times, blocks = [], set()
+    for _ in range(runs):
+        out = subprocess.run([PYTHON, "-I", "-S", "-c", code, pyz], stdout=subprocess.PIPE, check=True,
+                             universal_newlines=True).stdout.split()
+        times.append(float(out[0]))
+        blocks.update(out[1:])
+    return statistics.median(times), spread(times), sorted(blocks)
 
 
 def busybox_rootfs(directory):
@@ -222,13 +273,17 @@ def main():
     parser.add_argument("--pairs", type=int, default=200, help="rounds for (a), (b) (default 200)")
     parser.add_argument("--docker-pairs", type=int, default=20, help="rounds for (d) (default 20)")
     parser.add_argument("--skip-docker", action="store_true", help="skip (d); (b) then uses runc spec's config")
+    parser.add_argument("--go-peer", default=os.environ.get("OCI_INTERCEPTOR_GO_PEER"), metavar="PATH",
+                        help="oci-add-hooks (Go) to compare with (default: $OCI_INTERCEPTOR_GO_PEER; none: no such rows)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    go_peer = os.path.abspath(args.go_peer) if args.go_peer else None
     os.environ["OCI_INTERCEPTOR_CONFIG"] = ""
     work = tempfile.mkdtemp(prefix="oi-bench-")
     os.environ["OCI_INTERCEPTOR_STATE_DIR"] = os.path.join(work, "state-dir")
-    results = {"machine": "%s, %d cores, %s, Python %s" % (
-        platform.machine(), os.cpu_count(), platform.release(), platform.python_version())}
+    results = {"machine": "%s, %d cores, %s, Python %s, load average %s before" % (
+        platform.machine(), os.cpu_count(), platform.release(), platform.python_version(),
+        " ".join("%.1f" % x for x in os.getloadavg()))}
     try:
         pyz = build_zipapp.build(os.path.join(work, "oci-interceptor.pyz"), PYTHON)
         runc = shutil.which("runc")
@@ -257,18 +312,31 @@ def main():
             json.dump({"version": 1, "readonly-networking-mounts": True, "env": ["TZ=UTC"]}, f)
         os.chmod(policy_file, 0o644)
         env_args = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=" + policy_file]
+        hook_file = os.path.join(work, "hooks.json")
+        with open(hook_file, "w") as f:
+            json.dump(HOOK_FILE, f)
+        os.chmod(hook_file, 0o644)
+        sides = {
+            "pyz": ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=", pyz, "--oi-readonly-networking-mounts",
+                    "--root", state, "state", cid],
+            "pyz-config": env_args + [pyz, "--root", state, "state", cid],
+            "runc": ["/usr/bin/env", runc, "--root", state, "state", cid],
+            "floor": floor,
+        }
+        peer_args = ["--hook-config-path", hook_file, "--runtime-path", runc, "--root", state, "state", cid]
+        if go_peer:
+            sides["pyz-peer-args"] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=", pyz] + peer_args
+            sides["go"] = ["/usr/bin/env", go_peer] + peer_args
+        rounds = []
         try:
-            medians, _ = alternate({
-                "pyz": ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=", pyz, "--oi-readonly-networking-mounts",
-                        "--root", state, "state", cid],
-                "pyz-config": env_args + [pyz, "--root", state, "state", cid],
-                "runc": ["/usr/bin/env", runc, "--root", state, "state", cid],
-                "floor": floor,
-            }, args.pairs)
+            medians, _ = alternate(sides, args.pairs, rounds=rounds)
         finally:
             subprocess.run([runc, "--root", state, "delete", "--force", cid])
         results["a"] = {"pyz_fast_path": medians["pyz"], "pyz_with_config": medians["pyz-config"],
-                        "runc": medians["runc"], "floor": medians["floor"]}
+                        "runc": medians["runc"], "floor": medians["floor"],
+                        "floor_spread": spread([r["floor"] for r in rounds])}
+        print("floor (python3 -I -S -c pass): median %s, 10th-90th percentile %s-%s" % (
+            ms(medians["floor"]), ms(results["a"]["floor_spread"][0]), ms(results["a"]["floor_spread"][1])))
         for name, label in (("pyz", "flags, no config file"),
                             ("pyz-config", "policy in a config file")):
             overhead = medians[name] - medians["runc"]
@@ -276,6 +344,13 @@ def main():
             print("(a) passthrough `state`, %s: .pyz %s, runc %s, floor %s -> overhead %s = %.2f x floor "
                   "(target <= 1.25)" % (label, ms(medians[name]), ms(medians["runc"]), ms(medians["floor"]),
                                         ms(overhead), overhead / medians["floor"]))
+        if go_peer:
+            results["a"].update({"go": medians["go"], "pyz_peer_args": medians["pyz-peer-args"],
+                                 "pyz_vs_go_paired": paired(rounds, "pyz-peer-args", "go")})
+            print("(a) passthrough `state` with the Go peer's command line: .pyz %s, Go peer %s -> %.2f x, paired "
+                  "%.2f x (target <= 0.6)" % (ms(medians["pyz-peer-args"]), ms(medians["go"]),
+                                              medians["pyz-peer-args"] / medians["go"],
+                                              results["a"]["pyz_vs_go_paired"]))
 
         # A docker config.json, captured from a real `docker run` (d needs the daemon too).
         docker = None
@@ -297,13 +372,16 @@ def main():
         try:
             if docker is not None:
                 docker.run("--runtime", "oi-capture", "--hostname", "captured", docker.image, "true")
-                docker_config = os.path.join(capture, "captured_original.json")
+                # Debug files are named HOSTNAME_ID_original.json.
+                docker_config = os.path.join(capture, [name for name in os.listdir(capture)
+                                                       if name.startswith("captured_")
+                                                       and name.endswith("_original.json")][0])
             else:
                 docker_config = os.path.join(bundle, "config.json")
             with open(docker_config, "rb") as f:
                 pristine = f.read()
 
-            # (b) create with a typical policy, /bin/true as the runtime
+            # (b) create with a typical policy, and with a hook file's hooks; /bin/true as the runtime
             target = os.path.join(work, "create")
             os.makedirs(target)
             config_path = os.path.join(target, "config.json")
@@ -314,15 +392,43 @@ def main():
             policy = ["--oi-runtime-path", "/bin/true", "--oi-readonly-networking-mounts",
                       "--oi-env", "TZ=UTC", "--oi-env-force", "HTTP_PROXY=http://proxy:3128"]
             create = [pyz] + policy + ["create", "--bundle", target, "bench"]
-            medians, _ = alternate({"create": create, "floor": floor}, args.pairs, before={"create": restore})
+            hook_args = ["--hook-config-path", hook_file, "--runtime-path", "/bin/true",
+                         "create", "--bundle", target, "bench"]
+            sides = {"create": create, "hooks": [pyz] + hook_args, "floor": floor}
+            if go_peer:
+                sides["go-hooks"] = [go_peer] + hook_args
+            rounds = []
+            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides if name != "floor"},
+                                   rounds=rounds)
             rss = {"create": peak_rss_kib(create, restore), "floor": peak_rss_kib(floor)}
             results["b"] = {"create": medians["create"], "floor": medians["floor"],
-                            "ratio": medians["create"] / medians["floor"], "max_rss_kib": rss["create"],
-                            "floor_max_rss_kib": rss["floor"], "config_bytes": len(pristine)}
-            print("(b) create (Docker config, %d bytes): %s, floor %s -> %.2f x floor (target <= 2.0); "
-                  "max RSS %d KiB (floor %d KiB)" % (len(pristine), ms(medians["create"]), ms(medians["floor"]),
-                                                      medians["create"] / medians["floor"], rss["create"],
-                                                      rss["floor"]))
+                            "ratio": medians["create"] / medians["floor"],
+                            "paired_ratio": paired(rounds, "create", "floor"),
+                            "hooks": medians["hooks"], "hooks_paired_ratio": paired(rounds, "hooks", "floor"),
+                            "floor_spread": spread([r["floor"] for r in rounds]),
+                            "max_rss_kib": rss["create"], "floor_max_rss_kib": rss["floor"],
+                            "config_bytes": len(pristine)}
+            print("(b) create (Docker config, %d bytes), typical policy: %s, floor %s (10th-90th %s-%s) -> %.2f x "
+                  "floor, paired %.2f x (target <= 1.3); max RSS %d KiB (floor %d KiB)"
+                  % (len(pristine), ms(medians["create"]), ms(medians["floor"]), ms(results["b"]["floor_spread"][0]),
+                     ms(results["b"]["floor_spread"][1]), medians["create"] / medians["floor"],
+                     results["b"]["paired_ratio"], rss["create"], rss["floor"]))
+            print("(b) create, the hooks of one hook file: %s -> %.2f x floor, paired %.2f x (target <= 1.3)"
+                  % (ms(medians["hooks"]), medians["hooks"] / medians["floor"], results["b"]["hooks_paired_ratio"]))
+            if go_peer:
+                results["b"].update({"go_hooks": medians["go-hooks"],
+                                     "hooks_vs_go_paired": paired(rounds, "hooks", "go-hooks"),
+                                     "go_vs_floor_paired": paired(rounds, "go-hooks", "floor")})
+                print("(b) the same create through the Go peer: %s = %.2f x floor (paired); .pyz / Go peer %.2f x, "
+                      "paired %.2f x (target about <= 1.9)"
+                      % (ms(medians["go-hooks"]), results["b"]["go_vs_floor_paired"],
+                         medians["hooks"] / medians["go-hooks"], results["b"]["hooks_vs_go_paired"]))
+
+            # (i) the module's load on the create path
+            median, (low, high), blocks = module_load_seconds(pyz, max(20, args.pairs // 2))
+            results["i"] = {"median": median, "spread": (low, high), "blocks_loaded": blocks}
+            print("(i) module load (read, unmarshal, body): median %s, 10th-90th %s-%s (target <= 1.5 ms); "
+                  "on-demand blocks loaded: %s" % (ms(median), ms(low), ms(high), ", ".join(blocks) or "none"))
 
             # (f) guardrails: the same create, policy in a file, with and without 20 guardrail rules
             results["f"] = guardrails_row(pyz, work, target, pristine, restore, args.pairs)
@@ -357,27 +463,24 @@ def main():
                             "run", "--rm", "--network", "none", "--runtime", runtime, docker.image, "true"]
                 results["d"] = {}
                 for runtime, label in (("oi", "policy in the config file"),
-                                       ("oi-args", "policy in runtimeArgs, no config file")):
+                                       ("oi-args", "policy in runtimeArgs, a config file that activates none")):
                     if runtime == "oi":
                         docker.write_policy({"version": 1, "readonly-networking-mounts": True, "env": ["TZ=UTC"],
                                              "env-force": ["HTTP_PROXY=http://proxy:3128"]})
                     else:
-                        # No config file: the daemon (and the containerd it starts, whose shims run the
-                        # program) restarted with OCI_INTERCEPTOR_CONFIG empty. (A file named there that
-                        # does not exist is an error, not "no policy".)
-                        docker.policy_path = ""
-                        docker.restart()
+                        # What the packages install: dockerd names the file, which must exist.
+                        docker.write_policy({"version": 1, "rules": []})
                     rounds = []
                     medians, _ = alternate({"interceptor": docker_run(runtime), "runc": docker_run("runc")},
                                            args.docker_pairs, rounds=rounds)
-                    paired = statistics.median(r["interceptor"] / r["runc"] for r in rounds)
+                    ratio = paired(rounds, "interceptor", "runc")
                     results["d"][runtime] = {"interceptor": medians["interceptor"], "runc": medians["runc"],
                                              "ratio": medians["interceptor"] / medians["runc"],
-                                             "paired_ratio": paired}
+                                             "paired_ratio": ratio}
                     print("(d) docker run --rm true, %s: interceptor %s, runc %s -> %.3f x; median of the %d "
-                          "paired ratios %.3f x (target <= 1.10)"
+                          "paired ratios %.3f x (target <= 1.04)"
                           % (label, ms(medians["interceptor"]), ms(medians["runc"]),
-                             medians["interceptor"] / medians["runc"], len(rounds), paired))
+                             medians["interceptor"] / medians["runc"], len(rounds), ratio))
         finally:
             if docker is not None:
                 docker.stop()

@@ -1,38 +1,52 @@
 """How the program starts: the .pyz is reproducible and carries bytecode,
-and a passthrough call loads nothing it does not need. (Timings live in
-tests/benchmark.py, not here.)"""
+a call loads nothing it does not need -- neither modules nor the module's
+on-demand blocks -- and every on-demand block still does what the source
+does. (Timings live in tests/benchmark.py, not here.)"""
 
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
+import sys
+import traceback
 import zipfile
 
-import build_zipapp
-from conftest import SYSTEM_PYTHON
+import pytest
 
+import build_zipapp
+import oci_interceptor as oi
+from conftest import REPO, SYSTEM_PYTHON
+
+# Loads the module from the archive as the preamble does, then reports at
+# the runtime's exec: the module's file, the modules it imported, and the
+# on-demand blocks it loaded.
 PROBE = r"""
 import sys
-sys.path.insert(0, sys.argv[1])
 import posix
 before = set(sys.modules)
-import oci_interceptor as m
+exec(sys.argv[2])
 def fake_execv(path, argv):
     loaded = sorted(set(sys.modules) - before - {"oci_interceptor"})
     print(m.__file__)
     print(" ".join(loaded))
+    print(" ".join(getattr(m, "_ON_DEMAND_LOADED", ["(no-blocks)"])))
     sys.exit(0)
 posix.execv = fake_execv
-m.main("oci-interceptor", sys.argv[2:])
+m.main("oci-interceptor", sys.argv[3:])
 """
 
 
-def probe(archive, *args, env=None):
+def probe(archive, *args, env=None, blocks=False):
     environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
     environ.update(env or {})
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive] + list(args), env=environ,
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive, build_zipapp.load_code(archive)]
+                         + list(args), env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
-    module_file, loaded = out.stdout.splitlines()
+    module_file, loaded, loaded_blocks = out.stdout.splitlines()
+    if blocks:
+        return module_file, set(loaded.split()), loaded_blocks.split()
     return module_file, set(loaded.split())
 
 
@@ -50,6 +64,66 @@ def test_create_loads_no_json_or_re(pyz, tmp_path):
     assert (tmp_path / "config.json").read_text() == '{"process": {"env": ["A=1"]}, "mounts": []}'
 
 
+def imported_by(*names):
+    """The modules importing these imports, in the system Python."""
+    code = "import sys;b=set(sys.modules);import %s;print(*sorted(set(sys.modules)-b))" % ",".join(names)
+    return set(subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", code], stdout=subprocess.PIPE, check=True,
+                              universal_newlines=True).stdout.split())
+
+
+HOOK_FILE = ('{"hooks": {"prestart": [{"path": "/usr/local/bin/oci-hook", "args": ["oci-hook", "prestart"], '
+             '"timeout": 10}], "poststop": [{"path": "/usr/local/bin/oci-hook"}]}}')
+
+
+def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tmp_path):
+    """The benchmark's creates: flags (read-only mounts, env, a hook file,
+    as oci-add-hooks is called) and a policy file of rules without optional
+    features. Nothing but _json is imported (not os: posix does), and no
+    on-demand block is unmarshalled; a hook already there (an integer
+    timeout to compare) imports no decimal either."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({
+        "process": {"args": ["sh"], "env": ["PATH=/bin"]}, "hostname": "h", "annotations": {"team": "blue"},
+        "mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/tmp", "options": ["rbind", "rw"]}]}))
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(HOOK_FILE)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"version": 1, "env": ["TZ=UTC"], "readonly-networking-mounts": True, "rules": [
+        {"name": "blue", "when": {"annotations": {"^team$": "^blue$"}, "hasBindMounts": True},
+         "env-force": ["HTTP_PROXY=http://proxy:3128"], "env-unset": ["X"], "annotations": {"a": "b"},
+         "hooks": json.loads(HOOK_FILE)["hooks"]}]}))
+    for path in (hooks, policy):
+        path.chmod(0o644)
+    for config, flags in (("", ["--oi-readonly-networking-mounts", "--oi-env", "TZ=UTC", "--oi-env-force",
+                                "HTTP_PROXY=http://proxy:3128"]),
+                          ("", ["--hook-config-path", str(hooks), "--runtime-path", "/bin/true"]),
+                          ("", ["--hook-config-path", str(hooks), "--runtime-path", "/bin/true"]),   # hooks there
+                          (str(policy), [])):
+        _, loaded, blocks = probe(pyz, *(["--oi-runtime-path", "/bin/true"] + flags + [
+            "create", "--bundle", str(bundle), "x"]), env={"OCI_INTERCEPTOR_CONFIG": config}, blocks=True)
+        assert blocks == [], (flags, blocks)
+        assert loaded <= (imported_by("re", "_json") if config else {"_json"}), (flags, loaded)   # rules' regexes
+        assert not loaded & {"os", "posixpath", "stat", "errno", "decimal", "json", "fnmatch"}, (flags, loaded)
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["process"]["env"] == ["PATH=/bin", "TZ=UTC", "HTTP_PROXY=http://proxy:3128"]
+    assert [h["path"] for h in spec["hooks"]["prestart"]] == ["/usr/local/bin/oci-hook"]
+
+
+def test_the_bytecode_carries_the_on_demand_blocks_apart(pyz):
+    """Each block the source marks is in the .pyc as marshalled code, and
+    a passthrough call loads none of them."""
+    module_file, _, blocks = probe(pyz, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
+    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == []
+    with open(oi.__file__.replace(".pyc", ".py")) as f:
+        marked = set(name for name, _, _ in build_zipapp.on_demand_ranges(f.read().splitlines()))
+    assert marked >= {"help", "hooks-dir", "json-patch", "systemd", "records-gc", "debug-output", "register",
+                      "check-config", "dry-run", "record-delete"}
+    listed = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", build_zipapp.load_code(pyz) + "\nprint(*sorted(m._ON_DEMAND))",
+                             pyz], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()
+    assert set(listed) == marked
+
+
 def test_build_is_reproducible(tmp_path):
     a = build_zipapp.build(str(tmp_path / "a.pyz"), SYSTEM_PYTHON)
     b = build_zipapp.build(str(tmp_path / "b.pyz"), SYSTEM_PYTHON)
@@ -65,7 +139,8 @@ def test_build_is_reproducible(tmp_path):
 
 def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
     """A .pyc for another Python version (another magic number) is ignored
-    and the source in the archive is compiled instead."""
+    and the source in the archive is compiled instead: all of it, so no
+    block is on demand."""
     other = str(tmp_path / "other.pyz")
     with open(pyz, "rb") as f:
         data = bytearray(f.read())
@@ -76,10 +151,30 @@ def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
     with open(other, "wb") as f:
         f.write(data)
     os.chmod(other, 0o755)
-    module_file, _ = probe(other, "--oi-runtime-path", "/bin/true", "state", "x")
-    assert module_file.endswith(".pyz/oci_interceptor.py")
+    module_file, _, blocks = probe(other, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
+    assert module_file.endswith(".pyz/oci_interceptor.py") and blocks == ["(no-blocks)"]
     result = subprocess.run([other, "--oi-version"], stdout=subprocess.PIPE, check=True)
     assert result.stdout.startswith(b"oci-interceptor ")
+
+
+def test_blocks_load_through_zipimport_too(pyz, tmp_path):
+    """Where the preamble cannot read the bytecode where the build put it
+    (an archive rewritten by some tool), and through `python3 x.pyz`,
+    zipimport loads the module; its blocks then come through zipimport."""
+    moved = str(tmp_path / "moved.pyz")
+    with open(pyz, "rb") as f:
+        data = f.read()
+    offset = re.search(rb"\no= *(\d+);", data).group(1)
+    data = data.replace(b" " + offset + b";", b" " + str(int(offset) + 1).encode() + b";")
+    with open(moved, "wb") as f:
+        f.write(data)
+    os.chmod(moved, 0o755)
+    env = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
+    for argv in ([moved, "--oi-help"], [SYSTEM_PYTHON, pyz, "--oi-help"]):
+        out = subprocess.run(argv, stdout=subprocess.PIPE, env=env, check=True, universal_newlines=True).stdout
+        assert out == oi.help_text()
+    module_file, _, blocks = probe(moved, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
+    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == []
 
 
 def test_version_is_defined_once():
@@ -116,11 +211,12 @@ def test_the_archive_is_valid_shell(pyz):
 def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz, tmp_path):
     """CDI settings cost nothing until a container asks for a device: the
     spec directory (whose broken file would be warned about) is not read,
-    and no module is imported beyond those of the same create without them."""
+    no module is imported beyond those of the same create without them,
+    and the section's code (the cdi block) is not loaded."""
     cdi = tmp_path / "cdi"
     cdi.mkdir()
     (cdi / "broken.json").write_text("{")
-    loaded, errors = {}, {}
+    loaded, errors, blocks = {}, {}, {}
     for name, cdi_settings in (("without", {}), ("with", {"cdi-spec-dirs": [str(cdi)], "cdi-env": "CDI_DEVICES"}),
                                ("asking", {"cdi-spec-dirs": [str(cdi)]})):
         config = tmp_path / (name + ".json")
@@ -131,12 +227,14 @@ def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz
         annotations = {"cdi.k8s.io/x": "example.com/dev=zero"} if name == "asking" else {"other": "x"}
         (bundle / "config.json").write_text(json.dumps({"process": {"env": ["CDI_DEVICES="]}, "mounts": [],
                                                         "annotations": annotations}))
-        out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, pyz, "create", "--bundle", str(bundle), "x"],
+        out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, pyz, build_zipapp.load_code(pyz), "create", "--bundle", str(bundle), "x"],
                              env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=str(config)), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True)
-        loaded[name] = set(out.stdout.splitlines()[-1].split()) if out.stdout.strip() else None
+        loaded[name] = set(out.stdout.splitlines()[1].split()) if out.stdout.strip() else None
+        blocks[name] = out.stdout.splitlines()[2].split() if out.stdout.strip() else None
         errors[name] = out.stderr
     assert loaded["with"] == loaded["without"] and errors["with"] == errors["without"] == ""
+    assert blocks["with"] == blocks["without"] and "cdi" not in blocks["with"], blocks
     # Asked for, the device is looked for: the broken file is read (and named), the device not found.
     assert "cdi spec %s: skipped" % (cdi / "broken.json") in errors["asking"]
     assert "CDI device example.com/dev=zero: not found" in errors["asking"]
@@ -144,27 +242,28 @@ def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz
 
 GUARDRAIL_PROBE = PROBE.replace('    print(" ".join(loaded))\n',
                                 '    print(" ".join(loaded))\n'
-                                '    print(m._preset_table is None, m._capability_table is None)\n')
-# A call that applies no rule still checks the rules' shape: capability
-# names among them (41 of them, a set made once); the preset levels'
-# tables are built only where a preset is evaluated.
+                                '    print(getattr(m, "_preset_table", None) is None)\n')
+# A call that applies no rule still checks the rules' shape (capability
+# names among them: a policy with guardrails loads their block to read it);
+# the preset levels' tables are built only where a preset is evaluated.
 
 
 def guardrail_probe(archive, config, *args):
-    """(modules loaded, preset tables not built, capability table not built)"""
+    """(modules loaded, preset tables not built, on-demand blocks loaded)"""
     environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG=config)
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", GUARDRAIL_PROBE, archive] + list(args), env=environ,
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", GUARDRAIL_PROBE, archive, build_zipapp.load_code(archive)]
+                         + list(args), env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
-    _, loaded, untouched = out.stdout.splitlines()
-    presets, capabilities = untouched.split()
-    return set(loaded.split()), presets == "True", capabilities == "True"
+    _, loaded, untouched, blocks = out.stdout.splitlines()
+    return set(loaded.split()), untouched == "True", blocks.split()
 
 
 def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
-    """A create whose policy has no guardrail builds none of their tables;
-    one with guardrails builds them and still imports neither json, re nor
-    decimal (nor socket, which only syslog needs); a passthrough call
-    under a guardrail policy builds nothing."""
+    """A create whose policy has no guardrail loads none of their code (the
+    guardrails block) and imports nothing more; one with guardrails loads
+    it and still imports neither json, re nor decimal (nor socket, which
+    only syslog needs); a passthrough call under a guardrail policy reads
+    the rules but builds no preset table."""
     (tmp_path / "config.json").write_text('{"process": {"env": [], "capabilities": {"bounding": ["CAP_KILL"]}}, '
                                           '"mounts": [{"destination": "/h", "type": "bind", "source": "/srv"}]}')
     plain = tmp_path / "plain.json"
@@ -180,10 +279,304 @@ def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
     for config in (plain, guarded):
         config.chmod(0o644)
     create = ["--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"]
-    loaded, no_presets, no_capabilities = guardrail_probe(pyz, str(plain), *create)
-    assert no_presets and no_capabilities and not loaded & {"json", "re", "socket", "decimal"}, loaded
-    loaded, no_presets, no_capabilities = guardrail_probe(pyz, str(guarded), *create)
-    assert not no_presets and not no_capabilities and not loaded & {"json", "re", "socket", "decimal"}, loaded
+    loaded, no_presets, blocks = guardrail_probe(pyz, str(plain), *create)
+    assert no_presets and blocks == [] and not loaded & {"json", "re", "socket", "decimal", "os"}, (loaded, blocks)
+    loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), *create)
+    assert not no_presets and blocks == ["guardrails"], blocks
+    assert not loaded & {"json", "re", "socket", "decimal"}, loaded
     assert json.loads((tmp_path / "config.json").read_text())["process"]["capabilities"] == {"bounding": []}
-    loaded, no_presets, _ = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
-    assert no_presets and not loaded & {"json", "re", "os", "socket"}, loaded
+    loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
+    assert no_presets and blocks == ["guardrails"] and not loaded & {"json", "re", "os", "socket"}, loaded
+
+
+# ---------------------------------------------------------------------------
+# On-demand blocks: every one still does, through the .pyz, what the source
+# does. Each call below runs twice on a directory set up afresh (same paths):
+# once through the archive's bytecode, loaded as the preamble loads it, once
+# through the source file; exit status, stdout, stderr, every file left in
+# the directory (time stamps blanked) and the runtime's arguments must match,
+# and through the archive the call must have loaded its block.
+
+RUN_REPORTING_BLOCKS = r"""
+import sys, posix
+exec(posix.environ[b"OI_TEST_LOAD"].decode())
+def note():
+    with open(posix.environ[b"OI_TEST_BLOCKS"].decode(), "w") as f:
+        f.write(" ".join(getattr(m, "_ON_DEMAND_LOADED", ["(source)"])))
+real_execv = posix.execv
+def execv(path, argv):
+    note()
+    real_execv(path, argv)
+posix.execv = execv
+try:
+    status = m.main(sys.argv[2], sys.argv[3:])
+finally:
+    note()
+sys.exit(status)
+"""
+FROM_SOURCE = "sys.path.insert(0, sys.argv[1]);import oci_interceptor as m"
+
+RECORDER = """#!/bin/sh
+printf '%s\\n' "$@" > "${FAKE_RUNTIME_OUT:?}"
+"""
+TIMES = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z|\.bak-\d{14}(\.\d+)?")
+
+
+def write_record(state, root, container_id, runtime, systemd):
+    directory = os.path.join(state, oi.RECORDS_SUBDIR)
+    os.makedirs(directory, 0o700, exist_ok=True)
+    os.chmod(state, 0o700)
+    path = os.path.join(directory, oi.record_name(root, container_id))
+    with open(path, "wb") as f:
+        f.write(oi.ContainerRecord(runtime, systemd).encode())
+    os.chmod(path, 0o600)
+
+
+def setup_case(base):
+    """The files every call below may use, under base."""
+    for name in ("bundle", "hooks.d", "engines", "state"):
+        os.makedirs(os.path.join(base, name))
+    os.chmod(os.path.join(base, "state"), 0o700)
+    runtime = os.path.join(base, "runtime")
+    with open(runtime, "w") as f:
+        f.write(RECORDER)
+    os.chmod(runtime, 0o755)
+    with open(os.path.join(base, "bundle", "config.json"), "w") as f:
+        json.dump({"ociVersion": "1.0.2", "process": {"args": ["/sbin/init"], "env": ["PATH=/bin"]},
+                   "hostname": "box", "root": {"path": "rootfs", "readonly": True},
+                   "linux": {"namespaces": [{"type": "pid"}], "cgroupsPath": "/oi-test/box"},
+                   "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]}, f)
+    rules = [
+        {"name": "patch", "when": {"commands": ["init$"]}, "json-patch": [
+            {"op": "test", "path": "/hostname", "value": "box"}, {"op": "add", "path": "/process/env/-",
+                                                                  "value": "PATCHED=1"},
+            {"op": "move", "from": "/hostname", "path": "/domainname"}],
+         "merge-patch": {"annotations": {"merged": "yes"}, "root": {"readonly": None}}},
+        {"name": "hooked", "hooks": {"poststop": [{"path": runtime, "args": ["runtime", "poststop"]}]}},
+        {"name": "missing hook", "when": {"hostname": "^nobody$"},
+         "prepend-hooks": {"prestart": [{"path": "/nonexistent/hook"}]}}]
+    with open(os.path.join(base, "policy.json"), "w") as f:
+        json.dump({"version": 1, "runtime-path": runtime, "rules": rules}, f)
+    with open(os.path.join(base, "failing.json"), "w") as f:
+        json.dump({"version": 1, "rules": [{"json-patch": [{"op": "test", "path": "/hostname", "value": "x"}]}]}, f)
+    with open(os.path.join(base, "elsewhere.json"), "w") as f:
+        json.dump({"version": 1, "rules": [{"name": "elsewhere", "runtime-path": runtime}]}, f)
+    with open(os.path.join(base, "hooks.d", "10-present.json"), "w") as f:
+        json.dump({"version": "1.0.0", "hook": {"path": runtime}, "when": {"commands": ["init"]},
+                   "stages": ["prestart", "poststop"]}, f)
+    with open(os.path.join(base, "hooks.d", "20-gone.json"), "w") as f:
+        json.dump({"version": "1.0.0", "hook": {"path": "/nonexistent/hook"}, "when": {"always": True},
+                   "stages": ["prestart"]}, f)
+    with open(os.path.join(base, "engines", "daemon.json"), "w") as f:
+        f.write('{\n    "runtimes": {"old": {"path": "/usr/bin/old"}},\n    "default-runtime": "old"\n}\n')
+    with open(os.path.join(base, "engines", "config.toml"), "w") as f:
+        f.write('version = 2\n\n[plugins."io.containerd.grpc.v1.cri".containerd]\n'
+                '  default_runtime_name = "runc"\n')
+    guardrails = [
+        {"preset": "baseline", "mode": "warn"}, {"name": "no-root", "when": {"rootUser": True}, "mode": "audit",
+                                                  "deny": "runs as root"},
+        {"name": "clamp", "when": {"anyOf": [{"capabilities": ["SYS_ADMIN"]}, {"hostPaths": ["/etc"]}]},
+         "capabilities": {"drop": ["ALL"], "allow": ["CHOWN"]}, "limits": {"pids": 50, "memory": "64m"},
+         "no-new-privileges": True, "readonly-rootfs": True},
+        {"name": "no-host-net", "when": {"not": {"hostNamespaces": ["network"]}}, "annotations": {"net": "own"}}]
+    with open(os.path.join(base, "guarded.json"), "w") as f:
+        json.dump({"version": 1, "runtime-path": runtime, "rules": guardrails}, f)
+    with open(os.path.join(base, "denying.json"), "w") as f:
+        json.dump({"version": 1, "runtime-path": runtime, "audit-log": base + "/audit.log", "rules": [
+            {"name": "sure", "when": {"privileged": False}, "env-force": ["SEEN=1"]},
+            {"name": "never", "when": {"unconfined": ["seccomp"]}, "deny": "no seccomp profile"}]}, f)
+    os.makedirs(os.path.join(base, "cdi"))
+    with open(os.path.join(base, "cdi", "example.json"), "w") as f:
+        json.dump({"cdiVersion": "0.5.0", "kind": "example.com/dev", "containerEdits": {"env": ["WIDE=1"]},
+                   "devices": [{"name": "null", "containerEdits": {
+                       "deviceNodes": [{"path": "/dev/example0", "hostPath": "/dev/null"}],
+                       "mounts": [{"hostPath": base, "containerPath": "/opt/example", "options": ["ro", "bind"]}],
+                       "hooks": [{"hookName": "createRuntime", "path": runtime, "args": ["runtime", "cdi"]}]}}]}, f)
+    with open(os.path.join(base, "devices.json"), "w") as f:
+        json.dump({"version": 1, "runtime-path": runtime, "cdi-spec-dirs": [base + "/cdi"], "cdi-env": "DEVICES",
+                   "rules": [{"name": "dev", "when": {"commands": ["init$"]}, "cdi-devices": ["example.com/dev=null"]}]},
+                  f)
+    for name in ("policy.json", "failing.json", "elsewhere.json", "hooks.d/10-present.json", "hooks.d/20-gone.json",
+                 "guarded.json", "denying.json", "devices.json", "cdi/example.json"):
+        os.chmod(os.path.join(base, name), 0o644)
+    write_record(os.path.join(base, "state"), os.path.join(base, "root"), "sd", runtime, True)
+    write_record(os.path.join(base, "state"), os.path.join(base, "root"), "gone", runtime, False)
+
+
+def case_args(base):
+    runtime, bundle, root = (os.path.join(base, name) for name in ("runtime", "bundle", "root"))
+    create = ["--root", root, "create", "--bundle", bundle]
+    return [
+        (["help"], ["--oi-help"]),
+        (["check-config"], ["--oi-config", base + "/policy.json", "--oi-check-config"]),
+        (["check-config", "hooks-dir"], ["--oi-hooks-dir", base + "/hooks.d", "--oi-check-config"]),
+        (["dry-run", "json-patch"], ["--oi-config", base + "/policy.json", "--oi-dry-run"] + create + ["c1"]),
+        (["json-patch"], ["--oi-config", base + "/policy.json"] + create + ["c1"]),
+        (["json-patch"], ["--oi-config", base + "/failing.json", "--oi-runtime-path", runtime] + create + ["c1"]),
+        (["hooks-dir"], ["--oi-hooks-dir", base + "/hooks.d", "--oi-runtime-path", runtime] + create + ["c2"]),
+        (["debug-output"], ["--oi-write-debug-output", "--oi-debug-output-dir", base + "/debug", "--oi-env", "A=1",
+                            "--oi-runtime-path", runtime] + create + ["c3"]),
+        (["systemd"], ["--oi-systemd", "always", "--oi-runtime-path", runtime] + create + ["sd2"]),
+        (["systemd"], ["--oi-runtime-path", "/bin/false", "--root", root, "kill", "sd", "TERM"]),
+        (["records-gc"], ["--oi-config", base + "/elsewhere.json"] + create + ["c4"]),
+        (["guardrails"], ["--oi-config", base + "/guarded.json"] + create + ["c5"]),
+        (["guardrails", "audit"], ["--oi-config", base + "/denying.json"] + create + ["c6"]),
+        (["cdi"], ["--oi-config", base + "/devices.json"] + create + ["c7"]),
+        (["check-config", "cdi"], ["--oi-config", base + "/devices.json", "--oi-check-config"]),
+        (["check-config", "guardrails"], ["--oi-config", base + "/guarded.json", "--oi-check-config"]),
+        (["records-gc"], ["--oi-runtime-path", "/bin/false", "--root", root, "list"]),
+        (["record-delete"], ["--oi-runtime-path", "/bin/false", "--root", root, "delete", "gone"]),
+        (["register"], ["--oi-register", "docker", "--oi-daemon-json", base + "/engines/daemon.json",
+                        "--oi-env=TZ=UTC", "--oi-register-default"]),
+        (["register"], ["--oi-unregister", "docker", "--oi-register-name", "old", "--oi-daemon-json",
+                        base + "/engines/daemon.json"]),
+        (["register"], ["--oi-register", "podman", "--oi-write", "--oi-podman-conf-dir", base + "/engines/pod",
+                        "--oi-config", base + "/policy.json"]),
+        (["register"], ["--oi-register", "containerd", "--oi-write", "--oi-register-default",
+                        "--oi-containerd-config", base + "/engines/config.toml"]),
+        (["register"], ["--oi-register", "containerd", "--oi-register-name", "x y"]),
+    ]
+
+
+def run_case(load, where, argv0, args, base):
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "OCI_INTERCEPTOR_CONFIG": "", "LC_ALL": "C.UTF-8", "OI_TEST_LOAD": load,
+           "OCI_INTERCEPTOR_STATE_DIR": os.path.join(base, "state"), "FAKE_RUNTIME_OUT": os.path.join(base, "argv"),
+           "OI_TEST_BLOCKS": os.path.join(base, "..", "blocks")}
+    result = subprocess.run([SYSTEM_PYTHON, "-B", "-I", "-S", "-c", RUN_REPORTING_BLOCKS, where, argv0] + args,
+                            env=env, cwd=base,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    files = {}
+    for directory, _, names in os.walk(base):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                content = f.read()
+            files[TIMES.sub("TIME", os.path.relpath(path, base))] = (
+                stat.S_IMODE(os.lstat(path).st_mode), TIMES.sub("TIME", content.decode("utf-8", "replace")))
+    with open(os.path.join(base, "..", "blocks")) as f:
+        blocks = f.read().split()
+    return (result.returncode, TIMES.sub("TIME", result.stdout.decode()), TIMES.sub("TIME", result.stderr.decode()),
+            files), blocks
+
+
+@pytest.mark.parametrize("index", range(len(case_args("/x"))))
+def test_each_on_demand_block_does_through_the_pyz_what_the_source_does(pyz, tmp_path, index):
+    base = str(tmp_path / "case")
+    expected, args = case_args(base)[index]
+    outcomes = []
+    for load, where in ((build_zipapp.load_code(pyz), pyz), (FROM_SOURCE, REPO)):
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        setup_case(base)
+        outcomes.append(run_case(load, where, pyz, args, base))
+    (archive, blocks), (source, source_blocks) = outcomes
+    assert archive == source
+    assert source_blocks == ["(source)"] and set(expected) <= set(blocks), blocks
+
+
+def test_the_corpus_covers_every_block():
+    covered = set(name for expected, _ in case_args("/x") for name in expected)
+    with open(os.path.join(REPO, build_zipapp.MODULE)) as f:
+        assert covered == set(name for name, _, _ in build_zipapp.on_demand_ranges(f.read().splitlines()))
+
+
+# ---------------------------------------------------------------------------
+# The build's on-demand mechanism, on a module of its own.
+
+TOY = '''"""A module with one on-demand block."""
+TABLE = []
+
+
+def before(x):
+    return x
+
+
+# [on-demand: extra]
+LIMIT = 3
+
+
+class Helper(object):
+    def times(self, x):
+        return x * LIMIT
+
+
+def feature(x):
+    if x < 0:
+        raise ValueError("negative")
+    return Helper().times(x) + 1
+
+
+def inside_only(x):
+    return feature(x)
+# [end on-demand: extra]
+
+
+ACTIONS = (before, feature)
+
+
+def use(x):
+    return ACTIONS[1](x)
+'''
+
+
+def toy_module(source=TOY):
+    code, blocks, marshalled = build_zipapp.compile_split(source, "toy.py")
+    namespace = {"__name__": "toy", "_ON_DEMAND_SOURCE": marshalled}
+    exec(code, namespace)
+    return namespace, blocks
+
+
+@pytest.mark.skipif(sys.version_info < (3, 8), reason="the build splits blocks off with Python 3.8+")
+def test_a_stub_loads_its_block_on_first_use():
+    toy, blocks = toy_module()
+    assert set(blocks) == {"extra"} and toy["_ON_DEMAND_LOADED"] == []
+    assert "LIMIT" not in toy and "Helper" not in toy and "inside_only" not in toy   # used only inside
+    stub = toy["feature"]
+    assert stub.__name__ == "feature" and toy["ACTIONS"][1] is stub
+    assert toy["use"](2) == 7 and toy["_ON_DEMAND_LOADED"] == ["extra"]
+    assert toy["feature"] is not stub and toy["feature"](2) == 7 == stub(2) and toy["inside_only"](0) == 1
+    assert toy["Helper"].__module__ == "toy" and toy["feature"].__globals__ is toy
+    assert toy["_ON_DEMAND_LOADED"] == ["extra"]          # loaded once
+    with pytest.raises(ValueError) as info:
+        toy["use"](-1)
+    frame = traceback.extract_tb(info.tb)[-1]
+    assert (frame.filename, frame.lineno, frame.name) == ("toy.py", TOY.splitlines().index(
+        '        raise ValueError("negative")') + 1, "feature")
+    source = {"__name__": "toy"}
+    exec(compile(TOY, "toy.py", "exec"), source)
+    assert source["use"](2) == 7 and "_ON_DEMAND_LOADED" not in source
+
+
+def line_of(text, source=TOY):
+    return source.splitlines().index(text) + 1
+
+
+@pytest.mark.skipif(sys.version_info < (3, 8), reason="the build splits blocks off with Python 3.8+")
+@pytest.mark.parametrize("change, message", [
+    (("def use(x):\n", "def use(x):\n    print(LIMIT)\n"),
+     "toy.py:%d: LIMIT, a class or constant of on-demand block extra (line %d), is used outside it"
+     % (line_of("def use(x):") + 1, line_of("LIMIT = 3"))),
+    (("ACTIONS = (before, feature)", "ACTIONS = (before, feature, Helper)"),
+     "Helper, a class or constant of on-demand block extra"),
+    (("LIMIT = 3\n", "LIMIT = 3\nTABLE.append(1)\n"),
+     "toy.py:%d: an on-demand block holds only definitions (functions, classes, constants, imports), not a "
+     "Expr statement" % (line_of("LIMIT = 3") + 1)),
+    (("LIMIT = 3\n", "LIMIT = 3\nTABLE[0] = 1\n"), "binds only names: it must not change what is defined outside"),
+    (("LIMIT = 3\n", "TABLE = 3\n"), "TABLE is bound outside block extra too"),
+    (("    return x\n", "    return x\n# [on-demand: extra]\n"), "block extra begins inside block extra"),
+    (("# [end on-demand: extra]\n", ""), "block extra has no end marker"),
+    (("# [on-demand: extra]\n", ""), "end of block extra, which is not open here"),
+    (("# [on-demand: extra]", "#  [on-demand: extra]"), "not an on-demand marker"),
+    (("def inside_only(x):\n", "def inside_only(x):\n# [end on-demand: extra]\n# [on-demand: extra]\n"),
+     "toy.py:%d: the on-demand marker lies inside the statement of line %d" % (
+         line_of("def inside_only(x):") + 1, line_of("def inside_only(x):"))),
+    (("def inside_only(x):\n    return feature(x)\n", "def inside_only(x):\n    return feature(x)\n"
+                                                    "# [end on-demand: extra]\n# [on-demand: extra]\n"),
+     "block extra is empty"),
+])
+def test_the_build_refuses_a_block_that_breaks_a_rule(change, message):
+    old, new = change
+    assert old in TOY
+    with pytest.raises(SystemExit) as info:
+        build_zipapp.compile_split(TOY.replace(old, new, 1), "toy.py")
+    assert message in str(info.value)
