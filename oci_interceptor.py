@@ -31,9 +31,11 @@ the functions that use them, so forwarding `state` or `start` costs little
 more than starting the interpreter.
 
 Loading on demand. Code that most calls never run -- a feature a policy may
-not use (systemd mode, JSON patches, hooks directories, debug output), or a
-call of its own (--oi-register, --oi-check-config, --oi-dry-run, --oi-help)
--- sits between two marker lines, at the start of a line:
+not use (guardrails, CDI devices, systemd mode, JSON patches, mount rules,
+hooks directories, debug output, the audit log), a source of policy a
+deployment may not have (a config file's rules), or a call of its own
+(lifecycle calls, --oi-register, --oi-check-config, --oi-dry-run,
+--oi-help) -- sits between two marker lines, at the start of a line:
 
     # [on-demand: NAME]
     def feature_edit(spec, value):
@@ -55,7 +57,8 @@ outside it; code outside a block may call its functions (tables may hold
 them) but not use its classes or constants, which belong to the block alone
 and are computed when it loads; so a constant that others need (like
 SYSTEMD_ANNOTATION) stays outside. tests/test_startup.py checks that a
-create whose policy uses no such feature loads no block.
+create whose policy uses no such feature loads no block, and runs each
+block through the .pyz and through this file alike.
 """
 
 import posix
@@ -729,6 +732,7 @@ def _untrusted_step(path, st):
         return "cannot check %s on its way: %s" % (current or "/", exc.strerror)
 
 
+# [on-demand: policy-file]
 def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     """Validate a config file's data; return (settings, rules)."""
     def fail(where, problem):
@@ -770,6 +774,7 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
         _merge_settings(settings, chosen[0])
         rules = rules + chosen[1]
     return settings, rules
+# [end on-demand: policy-file]
 
 
 def _merge_settings(settings, later):
@@ -806,6 +811,7 @@ _PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-
                   "audit-log")
 
 
+# [on-demand: policy-file]
 def _is_name_not_path(key, item):
     """A runtime-path without a slash is looked up on PATH; an audit-log
     of "syslog" means syslog: neither is a file relative to anything."""
@@ -906,6 +912,7 @@ def _read_rules(data, where, path, fail, complete=True):
         _resolve_relative_paths(actions, path)          # a rule's runtime-path
         rules.append(Rule(name, when, actions, "%s %s" % (path, here), mode))
     return rules
+# [end on-demand: policy-file]
 
 
 class PathError(ValueError):
@@ -1078,6 +1085,7 @@ def _valid_hooks(value):
     return value
 
 
+# [on-demand: mounts]
 def _objects_in_list(value, what, item):
     """Check that value is a list of objects; yield (position, object)."""
     if not isinstance(value, list):
@@ -1131,6 +1139,7 @@ def _valid_id_mappings(value):
                 raise PathError(where + "." + key, "expected a whole number from 0 to 4294967295, found %s"
                                 % _json_text(number))
     return value
+# [end on-demand: mounts]
 
 
 def _valid_annotations(value):
@@ -1541,6 +1550,7 @@ def parse_runtime_call(args):
     return call
 
 
+# [on-demand: lifecycle]
 def _lifecycle_container_id(args, with_value):
     """The container a call other than create names: its first word that is
     not an option or an option's value (which only chooses the runtime from
@@ -1556,6 +1566,7 @@ def _lifecycle_container_id(args, with_value):
         if "=" not in arg and arg.lstrip("-") in with_value:
             i += 1
     return None
+# [end on-demand: lifecycle]
 
 
 def read_global_option(arg):
@@ -1822,6 +1833,7 @@ class Condition(object):
         self.guards = None          # [(key, value)] of guardrail conditions (parse_guard_conditions)
 
 
+# [on-demand: policy-file]
 def _compile(pattern, where, compile_now=True):
     if not isinstance(pattern, str):
         raise PathError(where, "expected a regular expression string, found %s" % _json_text(pattern))
@@ -1886,6 +1898,7 @@ def parse_condition(data, extended, compile_now=True):
     if extended and not data.keys().isdisjoint(_GUARDRAIL_CONDITIONS):
         cond.guards = parse_guard_conditions(data, compile_now)
     return cond
+# [end on-demand: policy-file]
 
 
 def condition_matches(cond, spec, context=None):
@@ -2688,6 +2701,7 @@ def preset_findings(level, spec, state):
 NETWORKING_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 
 
+# [on-demand: mounts]
 def edit_remove_mounts(spec, globs):
     """Remove the mounts whose destination matches one of the globs."""
     mounts = _get_list(spec, "mounts")
@@ -2718,6 +2732,7 @@ def edit_add_mounts(spec, new_mounts):
         position = _insert_mount(mounts, _copy_json(new), same[0] if same else None)
         changes.append("mounts[%d] (%s): %s" % (position, destination, "replaced" if same else "added"))
     return changes
+# [end on-demand: mounts]
 
 
 def edit_readonly_networking_mounts(spec, enabled):
@@ -2727,9 +2742,11 @@ def edit_readonly_networking_mounts(spec, enabled):
     return _make_mounts_readonly(spec, lambda destination: destination in NETWORKING_FILES)
 
 
+# [on-demand: mounts]
 def edit_readonly_mounts(spec, globs):
     """Mounts whose destination matches one of the globs become read-only."""
     return _make_mounts_readonly(spec, lambda destination: any(_glob_match(destination, g) for g in globs))
+# [end on-demand: mounts]
 
 
 def _make_mounts_readonly(spec, wanted):
@@ -3788,6 +3805,7 @@ def _is_under(path, parent):
     return path is not None and path != parent and (parent == "/" or path.startswith(parent + "/"))
 
 
+# [on-demand: mounts]
 def _insert_mount(mounts, mount, preferred=None):
     """Insert mount at `preferred` (or at the end), but before the first
     mount nested under it, so a parent is always mounted before its
@@ -3805,6 +3823,7 @@ def _insert_mount(mounts, mount, preferred=None):
 def _glob_match(destination, pattern):
     import fnmatch
     return destination is not None and fnmatch.fnmatchcase(destination, _clean_path(pattern))
+# [end on-demand: mounts]
 
 
 # ---------------------------------------------------------------------------
@@ -5055,6 +5074,7 @@ def _go_fold(key):
 _CONTAINER_TYPES = frozenset((dict, list))
 
 
+# [on-demand: go-keys]
 def check_keys_as_go_reads_them(spec):
     """None, or the first problem: a nesting deeper than MAX_CONFIG_DEPTH,
     or keys of a runtime-spec object that Go would read differently from
@@ -5096,6 +5116,7 @@ def check_keys_as_go_reads_them(spec):
                 child = "struct" if kind == "map" else "data"
             stack.append((item, depth + 1, (path, key), child))
     return None
+# [end on-demand: go-keys]
 
 
 def _path_where(path):
@@ -5465,12 +5486,15 @@ def read_config(path, follow_symlinks=False):
         st = posix.fstat(fd)
         if (st.st_mode & 0o170000) != 0o100000:
             raise ReadError("cannot read %s: not a regular file" % path)
-        chunks = []
+        # One read of the size fstat gives (plus one byte, to see the end
+        # at once); a read of more than the file holds allocates it all.
+        chunks, want = [], st.st_size + 1 if st.st_size < (1 << 24) else 1 << 20
         while True:
-            chunk = posix.read(fd, 1 << 20)
+            chunk = posix.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
+            want = 1 << 20
         return b"".join(chunks), st
     except OSError as exc:
         raise ReadError("cannot read %s: %s" % (path, exc.strerror), exc.errno)
@@ -5731,6 +5755,7 @@ def _trusted_record_dir(directory, create=False):
     return (st.st_mode & _S_IFMT) == _S_IFDIR and st.st_uid == 0 and st.st_mode & 0o7777 == 0o700
 
 
+# [on-demand: lifecycle]
 def read_record(root, container_id):
     """The container's record, or None (none, not root's, unreadable)."""
     if posix.geteuid() != 0 or not container_id:
@@ -5743,6 +5768,7 @@ def read_record(root, container_id):
     if st.st_uid != 0 or st.st_mode & 0o7777 != 0o600 or not _trusted_record_dir(directory):
         return None
     return ContainerRecord.decode(raw)
+# [end on-demand: lifecycle]
 
 
 def write_record(root, container_id, record):
@@ -6629,6 +6655,7 @@ def unregister_docker(name, daemon_json):
 # [end on-demand: register]
 
 
+# [on-demand: lifecycle]
 def remember_passthrough(argv0, opts, call, policy):
     """As root, record in STATE_DIR what this call, which edits nothing, made
     of the config file, with the identity (device, inode, size, times, owner,
@@ -6692,6 +6719,7 @@ def _stat_signature(st):
     return "%d:%d:%d:%d.%09d:%d.%09d:%d:%d:%o" % (
         st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10 ** 9, st.st_mtime_ns % 10 ** 9,
         st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9, st.st_uid, st.st_gid, st.st_mode & 0o7777)
+# [end on-demand: lifecycle]
 
 
 # [on-demand: check-config]
@@ -6927,6 +6955,7 @@ def _command_line_runtime(opts):
         return None
 
 
+# [on-demand: lifecycle]
 def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     """Every call but create, run and restore: it reaches the runtime whatever
     state the policy is in. The runtime is the one the container's record
@@ -6972,6 +7001,7 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     if policy is not None and record is None and flag_error is None:
         remember_passthrough(argv0, opts, call, policy)
     return runtime, runtime_args, None
+# [end on-demand: lifecycle]
 
 
 # [on-demand: record-delete]

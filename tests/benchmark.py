@@ -51,6 +51,7 @@ floor (the hook-file create then about <= 1.9x the Go peer); (i) <= 1.5 ms;
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -130,6 +131,17 @@ def alternate(sides, pairs, before=None, rounds=None, cpu=None):
             rounds.append({name: times[name][-1] for name in names})
     return ({name: statistics.median(values) for name, values in times.items()},
             {name: max(values) for name, values in rss.items()})
+
+
+def memory_filesystem():
+    """/run when it is a tmpfs (where engines keep their bundles), else
+    /dev/shm when that is one; None without either."""
+    with open("/proc/self/mounts") as f:
+        types = dict((line.split()[1], line.split()[2]) for line in f)
+    for directory in ("/run", "/dev/shm"):
+        if types.get(directory) == "tmpfs" and os.access(directory, os.W_OK):
+            return directory
+    return None
 
 
 def paired(rounds, a, b):
@@ -219,7 +231,20 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
     assert len(rules) == 20
     policies = {"plain": plain_policy, "guarded": dict(plain_policy, rules=rules),
                 "audited": dict(plain_policy, rules=rules, **{"audit-log": os.path.join(work, "audit.log")})}
-    cgroups_path = json.loads(pristine.decode()).get("linux", {}).get("cgroupsPath", "")
+    spec = json.loads(pristine.decode())
+    if not isinstance(spec.get("linux", {}).get("seccomp"), dict):
+        # runc spec's config (--skip-docker) has no seccomp profile, which the baseline preset refuses,
+        # and fewer capabilities than an engine gives: made like Docker's.
+        spec.setdefault("linux", {})["seccomp"] = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}]}
+        docker_capabilities = ["CAP_" + name for name in (
+            "CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD NET_RAW SETGID SETUID SETFCAP SETPCAP NET_BIND_SERVICE "
+            "SYS_CHROOT KILL AUDIT_WRITE").split()]
+        spec["process"]["capabilities"] = dict((kind, list(docker_capabilities)) for kind in (
+            "bounding", "effective", "permitted"))
+        pristine = json.dumps(spec).encode()
+        restore = functools.partial(restore, pristine)
+    cgroups_path = spec.get("linux", {}).get("cgroupsPath", "")
     container_id = cgroups_path.rpartition("/")[2] or "bench"     # Docker's own files are under its id
     sides = {}
     for name, data in policies.items():
@@ -280,6 +305,7 @@ def main():
     go_peer = os.path.abspath(args.go_peer) if args.go_peer else None
     os.environ["OCI_INTERCEPTOR_CONFIG"] = ""
     work = tempfile.mkdtemp(prefix="oi-bench-")
+    cleanup = [work]
     os.environ["OCI_INTERCEPTOR_STATE_DIR"] = os.path.join(work, "state-dir")
     results = {"machine": "%s, %d cores, %s, Python %s, load average %s before" % (
         platform.machine(), os.cpu_count(), platform.release(), platform.python_version(),
@@ -324,9 +350,13 @@ def main():
             "floor": floor,
         }
         peer_args = ["--hook-config-path", hook_file, "--runtime-path", runc, "--root", state, "state", cid]
+        # The wrappers' own cost: the same call with /bin/true as the runtime.
+        true_args = ["--hook-config-path", hook_file, "--runtime-path", "/bin/true", "--root", state, "state", cid]
         if go_peer:
             sides["pyz-peer-args"] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=", pyz] + peer_args
             sides["go"] = ["/usr/bin/env", go_peer] + peer_args
+            sides["pyz-true"] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=", pyz] + true_args
+            sides["go-true"] = ["/usr/bin/env", go_peer] + true_args
         rounds = []
         try:
             medians, _ = alternate(sides, args.pairs, rounds=rounds)
@@ -346,9 +376,15 @@ def main():
                                         ms(overhead), overhead / medians["floor"]))
         if go_peer:
             results["a"].update({"go": medians["go"], "pyz_peer_args": medians["pyz-peer-args"],
-                                 "pyz_vs_go_paired": paired(rounds, "pyz-peer-args", "go")})
+                                 "pyz_vs_go_paired": paired(rounds, "pyz-peer-args", "go"),
+                                 "go_true": medians["go-true"], "pyz_true": medians["pyz-true"],
+                                 "pyz_vs_go_true_paired": paired(rounds, "pyz-true", "go-true")})
+            print("(a) passthrough `state` with the Go peer's command line and /bin/true as the runtime (the "
+                  "wrappers' own cost): .pyz %s, Go peer %s -> %.2f x, paired %.2f x (target <= 0.6)"
+                  % (ms(medians["pyz-true"]), ms(medians["go-true"]), medians["pyz-true"] / medians["go-true"],
+                     results["a"]["pyz_vs_go_true_paired"]))
             print("(a) passthrough `state` with the Go peer's command line: .pyz %s, Go peer %s -> %.2f x, paired "
-                  "%.2f x (target <= 0.6)" % (ms(medians["pyz-peer-args"]), ms(medians["go"]),
+                  "%.2f x (runc's own 'state' is most of both)" % (ms(medians["pyz-peer-args"]), ms(medians["go"]),
                                               medians["pyz-peer-args"] / medians["go"],
                                               results["a"]["pyz_vs_go_paired"]))
 
@@ -382,24 +418,34 @@ def main():
                 pristine = f.read()
 
             # (b) create with a typical policy, and with a hook file's hooks; /bin/true as the runtime
-            target = os.path.join(work, "create")
-            os.makedirs(target)
+            # The bundle where Docker and containerd keep theirs: under /run, a tmpfs on a host (here a
+            # tmpfs of the machine's, when /run is not one); Podman keeps its bundles on disk, the
+            # hook-file create runs there too.
+            memory = memory_filesystem()
+            target = tempfile.mkdtemp(prefix="oi-bench-", dir=memory) if memory else os.path.join(work, "create")
+            cleanup.append(target)
+            os.makedirs(target, exist_ok=True)
             config_path = os.path.join(target, "config.json")
+            on_disk = os.path.join(work, "create-on-disk")
+            os.makedirs(on_disk)
 
-            def restore(data=pristine):
-                with open(config_path, "wb") as f:
+            def restore(data=pristine, directory=target):
+                with open(os.path.join(directory, "config.json"), "wb") as f:
                     f.write(data)
             policy = ["--oi-runtime-path", "/bin/true", "--oi-readonly-networking-mounts",
                       "--oi-env", "TZ=UTC", "--oi-env-force", "HTTP_PROXY=http://proxy:3128"]
             create = [pyz] + policy + ["create", "--bundle", target, "bench"]
             hook_args = ["--hook-config-path", hook_file, "--runtime-path", "/bin/true",
                          "create", "--bundle", target, "bench"]
-            sides = {"create": create, "hooks": [pyz] + hook_args, "floor": floor}
+            disk_args = hook_args[:-3] + ["create", "--bundle", on_disk, "bench"]
+            sides = {"create": create, "hooks": [pyz] + hook_args, "floor": floor, "hooks-disk": [pyz] + disk_args}
             if go_peer:
                 sides["go-hooks"] = [go_peer] + hook_args
+                sides["go-hooks-disk"] = [go_peer] + disk_args
             rounds = []
-            medians, _ = alternate(sides, args.pairs, before={name: restore for name in sides if name != "floor"},
-                                   rounds=rounds)
+            restore_on_disk = functools.partial(restore, directory=on_disk)
+            medians, _ = alternate(sides, args.pairs, rounds=rounds, before=dict(
+                (name, restore_on_disk if name.endswith("-disk") else restore) for name in sides if name != "floor"))
             rss = {"create": peak_rss_kib(create, restore), "floor": peak_rss_kib(floor)}
             results["b"] = {"create": medians["create"], "floor": medians["floor"],
                             "ratio": medians["create"] / medians["floor"],
@@ -407,7 +453,10 @@ def main():
                             "hooks": medians["hooks"], "hooks_paired_ratio": paired(rounds, "hooks", "floor"),
                             "floor_spread": spread([r["floor"] for r in rounds]),
                             "max_rss_kib": rss["create"], "floor_max_rss_kib": rss["floor"],
-                            "config_bytes": len(pristine)}
+                            "config_bytes": len(pristine), "bundle_filesystem": memory or "disk",
+                            "hooks_disk": medians["hooks-disk"],
+                            "hooks_disk_paired_ratio": paired(rounds, "hooks-disk", "floor")}
+            print("(b) bundle on %s" % (memory + " (tmpfs)" if memory else "the work directory's filesystem (no tmpfs)"))
             print("(b) create (Docker config, %d bytes), typical policy: %s, floor %s (10th-90th %s-%s) -> %.2f x "
                   "floor, paired %.2f x (target <= 1.3); max RSS %d KiB (floor %d KiB)"
                   % (len(pristine), ms(medians["create"]), ms(medians["floor"]), ms(results["b"]["floor_spread"][0]),
@@ -423,6 +472,15 @@ def main():
                       "paired %.2f x (target about <= 1.9)"
                       % (ms(medians["go-hooks"]), results["b"]["go_vs_floor_paired"],
                          medians["hooks"] / medians["go-hooks"], results["b"]["hooks_vs_go_paired"]))
+            print("(b) the hook-file create with the bundle on disk (as Podman keeps it): %s -> %.2f x floor, paired "
+                  "%.2f x" % (ms(medians["hooks-disk"]), medians["hooks-disk"] / medians["floor"],
+                              results["b"]["hooks_disk_paired_ratio"]))
+            if go_peer:
+                results["b"].update({"go_hooks_disk": medians["go-hooks-disk"],
+                                     "hooks_disk_vs_go_paired": paired(rounds, "hooks-disk", "go-hooks-disk")})
+                print("(b) the same on disk through the Go peer: %s; .pyz / Go peer %.2f x, paired %.2f x"
+                      % (ms(medians["go-hooks-disk"]), medians["hooks-disk"] / medians["go-hooks-disk"],
+                         results["b"]["hooks_disk_vs_go_paired"]))
 
             # (i) the module's load on the create path
             median, (low, high), blocks = module_load_seconds(pyz, max(20, args.pairs // 2))
@@ -489,7 +547,8 @@ def main():
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for directory in cleanup:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

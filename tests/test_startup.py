@@ -79,8 +79,9 @@ def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tm
     """The benchmark's creates: flags (read-only mounts, env, a hook file,
     as oci-add-hooks is called) and a policy file of rules without optional
     features. Nothing but _json is imported (not os: posix does), and no
-    on-demand block is unmarshalled; a hook already there (an integer
-    timeout to compare) imports no decimal either."""
+    on-demand block is unmarshalled but, with the policy file, the code
+    that reads its rules; a hook already there (an integer timeout to
+    compare) imports no decimal either."""
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps({
@@ -102,7 +103,7 @@ def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tm
                           (str(policy), [])):
         _, loaded, blocks = probe(pyz, *(["--oi-runtime-path", "/bin/true"] + flags + [
             "create", "--bundle", str(bundle), "x"]), env={"OCI_INTERCEPTOR_CONFIG": config}, blocks=True)
-        assert blocks == [], (flags, blocks)
+        assert blocks == (["policy-file"] if config else []), (flags, blocks)    # the file's rules are read
         assert loaded <= (imported_by("re", "_json") if config else {"_json"}), (flags, loaded)   # rules' regexes
         assert not loaded & {"os", "posixpath", "stat", "errno", "decimal", "json", "fnmatch"}, (flags, loaded)
     spec = json.loads((bundle / "config.json").read_text())
@@ -112,13 +113,14 @@ def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tm
 
 def test_the_bytecode_carries_the_on_demand_blocks_apart(pyz):
     """Each block the source marks is in the .pyc as marshalled code, and
-    a passthrough call loads none of them."""
+    a passthrough call that reaches Python loads only the lifecycle block."""
     module_file, _, blocks = probe(pyz, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
-    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == []
+    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == ["lifecycle"]
     with open(oi.__file__.replace(".pyc", ".py")) as f:
         marked = set(name for name, _, _ in build_zipapp.on_demand_ranges(f.read().splitlines()))
     assert marked >= {"help", "hooks-dir", "json-patch", "systemd", "records-gc", "debug-output", "register",
-                      "check-config", "dry-run", "record-delete"}
+                      "check-config", "dry-run", "record-delete", "guardrails", "cdi", "audit", "policy-file",
+                      "mounts", "lifecycle", "go-keys"}
     listed = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", build_zipapp.load_code(pyz) + "\nprint(*sorted(m._ON_DEMAND))",
                              pyz], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()
     assert set(listed) == marked
@@ -174,7 +176,7 @@ def test_blocks_load_through_zipimport_too(pyz, tmp_path):
         out = subprocess.run(argv, stdout=subprocess.PIPE, env=env, check=True, universal_newlines=True).stdout
         assert out == oi.help_text()
     module_file, _, blocks = probe(moved, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
-    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == []
+    assert module_file.endswith(".pyz/oci_interceptor.pyc") and blocks == ["lifecycle"]
 
 
 def test_version_is_defined_once():
@@ -280,13 +282,15 @@ def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
         config.chmod(0o644)
     create = ["--oi-runtime-path", "/bin/true", "create", "--bundle", str(tmp_path), "x"]
     loaded, no_presets, blocks = guardrail_probe(pyz, str(plain), *create)
-    assert no_presets and blocks == [] and not loaded & {"json", "re", "socket", "decimal", "os"}, (loaded, blocks)
+    assert no_presets and blocks == ["policy-file"], blocks
+    assert not loaded & {"json", "re", "socket", "decimal", "os"}, loaded
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), *create)
-    assert not no_presets and blocks == ["guardrails"], blocks
+    assert not no_presets and blocks == ["policy-file", "guardrails"], blocks
     assert not loaded & {"json", "re", "socket", "decimal"}, loaded
     assert json.loads((tmp_path / "config.json").read_text())["process"]["capabilities"] == {"bounding": []}
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
-    assert no_presets and blocks == ["guardrails"] and not loaded & {"json", "re", "os", "socket"}, loaded
+    assert no_presets and set(blocks) == {"lifecycle", "policy-file", "guardrails"}, blocks
+    assert not loaded & {"json", "re", "os", "socket"}, loaded
 
 
 # ---------------------------------------------------------------------------
@@ -385,6 +389,13 @@ def setup_case(base):
         json.dump({"version": 1, "runtime-path": runtime, "audit-log": base + "/audit.log", "rules": [
             {"name": "sure", "when": {"privileged": False}, "env-force": ["SEEN=1"]},
             {"name": "never", "when": {"unconfined": ["seccomp"]}, "deny": "no seccomp profile"}]}, f)
+    with open(os.path.join(base, "mounts.json"), "w") as f:
+        json.dump({"version": 1, "runtime-path": runtime, "rules": [
+            {"name": "mounts", "remove-mounts": ["/proc"], "readonly-mounts": ["/data*"],
+             "add-mounts": [{"destination": "/data", "type": "bind", "source": base, "options": ["rbind"]}]}]}, f)
+    os.makedirs(os.path.join(base, "bundle-go"))
+    with open(os.path.join(base, "bundle-go", "config.json"), "w") as f:
+        f.write('{"ociVersion": "1.0.2", "process": {"args": ["sh"]}, "Hostname": "seen-by-runc-only"}')
     os.makedirs(os.path.join(base, "cdi"))
     with open(os.path.join(base, "cdi", "example.json"), "w") as f:
         json.dump({"cdiVersion": "0.5.0", "kind": "example.com/dev", "containerEdits": {"env": ["WIDE=1"]},
@@ -397,7 +408,7 @@ def setup_case(base):
                    "rules": [{"name": "dev", "when": {"commands": ["init$"]}, "cdi-devices": ["example.com/dev=null"]}]},
                   f)
     for name in ("policy.json", "failing.json", "elsewhere.json", "hooks.d/10-present.json", "hooks.d/20-gone.json",
-                 "guarded.json", "denying.json", "devices.json", "cdi/example.json"):
+                 "guarded.json", "denying.json", "devices.json", "cdi/example.json", "mounts.json"):
         os.chmod(os.path.join(base, name), 0o644)
     write_record(os.path.join(base, "state"), os.path.join(base, "root"), "sd", runtime, True)
     write_record(os.path.join(base, "state"), os.path.join(base, "root"), "gone", runtime, False)
@@ -419,6 +430,11 @@ def case_args(base):
         (["systemd"], ["--oi-systemd", "always", "--oi-runtime-path", runtime] + create + ["sd2"]),
         (["systemd"], ["--oi-runtime-path", "/bin/false", "--root", root, "kill", "sd", "TERM"]),
         (["records-gc"], ["--oi-config", base + "/elsewhere.json"] + create + ["c4"]),
+        (["mounts", "policy-file"], ["--oi-config", base + "/mounts.json"] + create + ["c8"]),
+        (["lifecycle"], ["--oi-runtime-path", runtime, "--root", root, "state", "c9"]),
+        (["lifecycle", "policy-file"], ["--oi-config", base + "/failing.json", "--oi-runtime-path", runtime,
+                                        "--root", root, "kill", "c9", "KILL"]),
+        (["go-keys"], ["--oi-runtime-path", runtime, "--root", root, "create", "--bundle", base + "/bundle-go", "c10"]),
         (["guardrails"], ["--oi-config", base + "/guarded.json"] + create + ["c5"]),
         (["guardrails", "audit"], ["--oi-config", base + "/denying.json"] + create + ["c6"]),
         (["cdi"], ["--oi-config", base + "/devices.json"] + create + ["c7"]),
