@@ -17,13 +17,16 @@ moves less:
       with flags and no config file, once with a policy file (after the first
       call, the shell preamble passes the call by on Python's record); with a
       Go peer, also the same `state` through it and through the .pyz with its
-      command line (oci-add-hooks --hook-config-path F --runtime-path R ...);
+      command line (oci-add-hooks --hook-config-path F --runtime-path R ...),
+      with runc and with /bin/true as the runtime (the wrappers' own cost);
   (b) create: a real Docker config.json (captured from a private dockerd's
       own `docker run`, restored before each run), /bin/true as the runtime,
       against the floor: edited by a typical policy (read-only mounts, two
       env vars), and given the hooks of one hook file (the oci-add-hooks
       command line, which the .pyz takes too) -- with a Go peer, that one
-      through the peer as well;
+      through the peer as well. The bundle is on a tmpfs (/run, or else
+      /dev/shm), where Docker and containerd keep theirs; the hook-file
+      create runs on disk too, where Podman keeps its bundles;
   (i) the module's load on the create path (as the preamble loads it: read,
       unmarshal, module body; no on-demand block), timed inside the
       interpreter;
