@@ -3875,9 +3875,18 @@ def cdi_request_rules(spec, policy):
     annotations = spec.get("annotations")
     if ((policy.cdi_annotations and isinstance(annotations, dict)
          and any(key.startswith(CDI_ANNOTATION_PREFIX) for key in annotations))
-            or (policy.cdi_env and (_env_values(spec).get(policy.cdi_env) or "").strip(", \t"))):
+            or cdi_env_names(spec, policy.cdi_env)):
         return _cdi_request_rules(spec, policy)
     return []
+
+
+def cdi_env_names(spec, variable):
+    """The device names the container's env variable lists (comma-separated;
+    [] without the variable or without a name in it)."""
+    if not variable:
+        return []
+    value = _env_values(spec).get(variable)
+    return [item.strip() for item in (value or "").split(",") if item.strip()]
 
 
 # [on-demand: cdi]
@@ -3948,12 +3957,9 @@ def _cdi_request_rules(spec, policy):
             if not isinstance(value, str):
                 raise InterceptorError("%s: expected a string of CDI device names" % where)
             rules.append(_cdi_request_rule(where, value.split(",")))
-    variable = policy.cdi_env
-    if variable:
-        value = _env_values(spec).get(variable)
-        names = [item.strip() for item in (value or "").split(",") if item.strip()]
-        if names:
-            rules.append(_cdi_request_rule("env %s" % variable, names))
+    names = cdi_env_names(spec, policy.cdi_env)
+    if names:
+        rules.append(_cdi_request_rule("env %s" % policy.cdi_env, names))
     return rules
 
 
@@ -6086,9 +6092,8 @@ def audit_call(policy, call, result=None, error=None):
     rules that matched with their mode (and what a warn or audit rule would
     have done), each change, the verdict and the message of a refusal.
     error: the InterceptorError that refused the container, if any (a
-    Denied carries the EditResult)."""
-    if not policy.audit_log:
-        return
+    Denied carries the EditResult). Called only when the policy has an
+    audit log (so that no other call loads this block)."""
     result = getattr(error, "result", None) or result
     try:
         bundle = os.path.abspath(call.bundle or ".")
