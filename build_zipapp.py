@@ -87,8 +87,11 @@ PREAMBLE = """#!/bin/sh
 # zipimport unmarshal the .pyc twice, once more to learn the file name for
 # the module's spec (CPython issue 141276). The archive stays open (not
 # inherited by the runtime) for the on-demand blocks: they come from the file
-# that was started even if a package upgrade replaces it meanwhile.
-PYTHON_CODE = """import sys,posix,marshal
+# that was started even if a package upgrade replaces it meanwhile. It
+# first turns the cyclic garbage collector off: a call is short-lived
+# and makes no cycles worth collecting, and the collector's passes over the
+# module's thousands of new objects cost about a tenth of a millisecond.
+PYTHON_CODE = """import sys,posix,marshal,gc;gc.disable()
 o={offset};f=posix.open(sys.argv[1],0);d=posix.pread(f,{length},o)
 exec(marshal.loads(d[{loader}:]) if d[:4]=={magic} else {load_from_zip})"""
 LOADER = """m=sys.modules["{name}"]=type(sys)("{name}")
@@ -138,17 +141,20 @@ if [ -n "$oi_cfg" ]; then
   if [ "$oi_p" = "$oi_cfg" ]; then
     # A config file: only what Python recorded of it (as root, while the
     # file and its directory stay exactly as they were) lets a call by.
-    oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}}
+    oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}} oi_nl='
+'
     case $oi_cfg:$oi_name in
       /*:*[!A-Za-z0-9._-]*|/*:.*|/*:|[!/]*) ;;
       *) oi_cache=$oi_state/passthrough-$oi_name oi_d=${{oi_cfg%/*}}
          [ -n "$oi_d" ] || oi_d=/
          if [ -f "$oi_cache" ] &&
-            oi_sig=$(stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache" 2>/dev/null)
+            oi_sig=$(LC_ALL=C stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache" 2>/dev/null)
          then
-           {{ IFS= read -r oi_s1; IFS= read -r oi_s2; IFS= read -r oi_s3; IFS= read -r oi_s4; }} <<OI_SIGNATURES
-$oi_sig
-OI_SIGNATURES
+           # Its four lines, split without a here-document (the shell's read
+           # takes a system call per byte).
+           oi_s1=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
+           oi_s2=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
+           oi_s3=${{oi_sig%%"$oi_nl"*}} oi_s4=${{oi_sig#*"$oi_nl"}}
            {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; IFS= read -r oi_l4; IFS= read -r oi_l5; }} \
              < "$oi_cache"
            # The state directory root's and 0700, the record root's and 0600.
@@ -319,11 +325,18 @@ def bytecode(source_path):
     with tempfile.TemporaryDirectory() as tmp:
         target = os.path.join(tmp, "module.pyc")
         py_compile.compile(source_path, cfile=target, dfile=MODULE, doraise=True,  # novermin: 3.7+ only,
-                           invalidation_mode=mode.UNCHECKED_HASH)                # checked just above
+                           invalidation_mode=mode.UNCHECKED_HASH,               # checked just above
+                           optimize=OPTIMIZE)
         with open(target, "rb") as f:
             pyc = f.read()
         return pyc + loader, len(pyc) + len(loader), len(pyc)
 
+
+# The module's bytecode is compiled without docstrings (as `python -OO`
+# would): they are for readers of the source, and a tenth of the bytes the
+# preamble reads and unmarshals on every call. The module never reads a
+# docstring and has no assert.
+OPTIMIZE = 2
 
 # On-demand blocks (see the docstring): the markers, and what the .pyc gets
 # in place of the blocks.
@@ -477,7 +490,7 @@ def compile_split(source, filename=MODULE):
     import marshal
     ranges = on_demand_ranges(source.splitlines(), filename)
     if not ranges:
-        return compile(source, filename, "exec", dont_inherit=True), {}, b""
+        return compile(source, filename, "exec", dont_inherit=True, optimize=OPTIMIZE), {}, b""
     tree = ast.parse(source, filename)
     main, blocks, range_of = [], {}, {}
     for stmt in tree.body:
@@ -497,7 +510,8 @@ def compile_split(source, filename=MODULE):
             _fail(filename, begin, "block %s is empty" % name)
 
     def compiled(body):
-        return compile(ast.Module(body=body, type_ignores=[]), filename, "exec", dont_inherit=True)
+        return compile(ast.Module(body=body, type_ignores=[]), filename, "exec", dont_inherit=True,
+                       optimize=OPTIMIZE)
 
     main_code = compiled(main)
     main_bound = _stored_names(main_code)
@@ -563,7 +577,7 @@ def compile_split(source, filename=MODULE):
             stub = ast.parse("%s = _on_demand_stub(%r, %r)" % (stmt.name, where[0], stmt.name)).body
             body.extend(at_line(stub, where[1]))
     module = ast.Module(body=body, type_ignores=[])
-    return (compile(module, filename, "exec", dont_inherit=True), codes,
+    return (compile(module, filename, "exec", dont_inherit=True, optimize=OPTIMIZE), codes,
             b"".join(data for _, data in marshalled))
 
 

@@ -35,7 +35,8 @@ not use (guardrails, CDI devices, systemd mode, JSON patches, mount rules,
 hooks directories, debug output, the audit log), a source of policy a
 deployment may not have (a config file's rules), or a call of its own
 (lifecycle calls, --oi-register, --oi-check-config, --oi-dry-run,
---oi-help) -- sits between two marker lines, at the start of a line:
+--oi-help), or a path most calls never take (reporting an error or a
+warning) -- sits between two marker lines, at the start of a line:
 
     # [on-demand: NAME]
     def feature_edit(spec, value):
@@ -4956,6 +4957,45 @@ class _ConfigScan(_ScanContext):
         return obj
 
 
+def _c_json():
+    """The standard library's C JSON module, _json, or None. Where it is an
+    extension module in the interpreter's lib-dynload directory, it is
+    loaded from its file there: an import would first list that directory
+    and the standard library's own, which costs more than the loading."""
+    module = sys.modules.get("_json")
+    if module is None and "_json" not in sys.builtin_module_names:
+        try:
+            module = _load_extension_module("_json")
+        except Exception:  # pragma: no cover - an interpreter laid out otherwise: import it
+            module = None
+    if module is None:
+        try:
+            import _json as module
+        except ImportError:  # pragma: no cover - interpreters without _json
+            return None
+    return module
+
+
+def _load_extension_module(name):
+    """The extension module name loaded from the lib-dynload directory on
+    sys.path, as its import would load it; None where it is not there."""
+    import _imp
+    for directory in sys.path:
+        if directory.endswith("/lib-dynload"):
+            for suffix in _imp.extension_suffixes():
+                path = "%s/%s%s" % (directory, name, suffix)
+                try:
+                    found = posix.stat(path).st_mode & 0o170000 == 0o100000
+                except OSError:
+                    found = False
+                if found:
+                    external = sys.modules["_frozen_importlib_external"]
+                    spec = external.spec_from_file_location(name, path,
+                                                            loader=external.ExtensionFileLoader(name, path))
+                    return sys.modules["_frozen_importlib"]._load(spec)
+    return None
+
+
 _scanner = None
 
 
@@ -4964,9 +5004,10 @@ def _json_scanner(context=None):
     global _scanner
     if context is None and _scanner is not None:
         return _scanner
-    try:
-        from _json import make_scanner
-    except ImportError:  # pragma: no cover - interpreters without _json
+    c_json = _c_json()
+    if c_json is not None:
+        make_scanner = c_json.make_scanner
+    else:  # pragma: no cover - interpreters without _json
         from json.scanner import make_scanner
     scanner = make_scanner(context or _ScanContext())
     if context is None:
@@ -5218,12 +5259,10 @@ def _encode_compact(value, layout, encode_string):
     the standard library's C encoder (most engines write config.json so),
     or None where it does not apply: an indented layout, a RawNumber or
     anything else only _encode_value writes (or refuses)."""
-    if layout.indent is not None:
+    c_json = _c_json()
+    if layout.indent is not None or c_json is None:
         return None
-    try:
-        from _json import make_encoder
-    except ImportError:  # pragma: no cover - interpreters without _json
-        return None
+    make_encoder = c_json.make_encoder
 
     def not_plain(value):
         raise TypeError("not a plain JSON value")
@@ -5235,12 +5274,11 @@ def _encode_compact(value, layout, encode_string):
 
 
 def _string_encoders():
-    try:
-        from _json import encode_basestring, encode_basestring_ascii
-    except ImportError:  # pragma: no cover - interpreters without _json
-        from json.encoder import py_encode_basestring as encode_basestring
-        from json.encoder import py_encode_basestring_ascii as encode_basestring_ascii
-    return encode_basestring, encode_basestring_ascii
+    c_json = _c_json()
+    if c_json is not None:
+        return c_json.encode_basestring, c_json.encode_basestring_ascii
+    from json.encoder import py_encode_basestring, py_encode_basestring_ascii  # pragma: no cover
+    return py_encode_basestring, py_encode_basestring_ascii  # pragma: no cover
 
 
 def _encode_value(value, out, layout, level, encode_string):
@@ -5909,6 +5947,7 @@ def _quote_for_message(text):
     return repr(text)
 
 
+# [on-demand: reporting]
 def _one_line(text):
     return " ".join(str(text).splitlines()) or "error"
 
@@ -5974,6 +6013,7 @@ def _same_file_as_stderr(fd):
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+# [end on-demand: reporting]
 
 
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

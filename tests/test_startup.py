@@ -21,14 +21,17 @@ from conftest import REPO, SYSTEM_PYTHON
 
 # Loads the module from the archive as the preamble does, then reports at
 # the runtime's exec: the module's file, the modules it imported, and the
-# on-demand blocks it loaded.
+# on-demand blocks it loaded. (gc, which the loader imports to turn the
+# collector off, is built into the interpreter: nothing is loaded.)
 PROBE = r"""
 import sys
 import posix
 before = set(sys.modules)
 exec(sys.argv[2])
+import gc
+assert "gc" in sys.builtin_module_names and not gc.isenabled()
 def fake_execv(path, argv):
-    loaded = sorted(set(sys.modules) - before - {"oci_interceptor"})
+    loaded = sorted(set(sys.modules) - before - {"oci_interceptor", "gc"})
     print(m.__file__)
     print(" ".join(loaded))
     print(" ".join(getattr(m, "_ON_DEMAND_LOADED", ["(no-blocks)"])))
@@ -285,7 +288,8 @@ def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
     assert no_presets and blocks == ["policy-file"], blocks
     assert not loaded & {"json", "re", "socket", "decimal", "os"}, loaded
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), *create)
-    assert not no_presets and blocks == ["policy-file", "guardrails"], blocks
+    # (and the reporting block: its rules in warn mode print warnings)
+    assert not no_presets and blocks == ["policy-file", "guardrails", "reporting"], blocks
     assert not loaded & {"json", "re", "socket", "decimal"}, loaded
     assert json.loads((tmp_path / "config.json").read_text())["process"]["capabilities"] == {"bounding": []}
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
@@ -434,6 +438,8 @@ def case_args(base):
         (["lifecycle"], ["--oi-runtime-path", runtime, "--root", root, "state", "c9"]),
         (["lifecycle", "policy-file"], ["--oi-config", base + "/failing.json", "--oi-runtime-path", runtime,
                                         "--root", root, "kill", "c9", "KILL"]),
+        (["reporting"], ["--oi-runtime-path", base + "/missing", "--root", root, "--log", base + "/log.json",
+                         "--log-format", "json", "create", "--bundle", bundle, "c11"]),
         (["go-keys"], ["--oi-runtime-path", runtime, "--root", root, "create", "--bundle", base + "/bundle-go", "c10"]),
         (["guardrails"], ["--oi-config", base + "/guarded.json"] + create + ["c5"]),
         (["guardrails", "audit"], ["--oi-config", base + "/denying.json"] + create + ["c6"]),
