@@ -151,7 +151,7 @@ if [ -n "$oi_cfg" ]; then
             oi_sig=$(LC_ALL=C stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache" 2>/dev/null)
          then
            # Its four lines, split without a here-document (the shell's read
-           # takes a system call per byte).
+           # takes a system call per byte); a fifth is not stat's.
            oi_s1=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
            oi_s2=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
            oi_s3=${{oi_sig%%"$oi_nl"*}} oi_s4=${{oi_sig#*"$oi_nl"}}
@@ -160,6 +160,7 @@ if [ -n "$oi_cfg" ]; then
            # The state directory root's and 0700, the record root's and 0600.
            oi_u3=${{oi_s3%:*:*}} oi_u4=${{oi_s4%:*:*}}
            if [ "${{oi_u3##*:}}:${{oi_s3##*:}}:${{oi_u4##*:}}:${{oi_s4##*:}}" = 0:700:0:600 ] &&
+              case $oi_s4 in *"$oi_nl"*) false ;; esac &&
               [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ "$oi_l3" = "$oi_s1" ] &&
               [ "$oi_l4" = "$oi_s2" ] && [ -n "$oi_l5" ]; then
              oi_slow= oi_cached=1 oi_runtime=$oi_l5

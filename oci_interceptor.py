@@ -35,8 +35,7 @@ not use (guardrails, CDI devices, systemd mode, JSON patches, mount rules,
 hooks directories, debug output, the audit log), a source of policy a
 deployment may not have (a config file's rules), or a call of its own
 (lifecycle calls, --oi-register, --oi-check-config, --oi-dry-run,
---oi-help), or a path most calls never take (reporting an error or a
-warning) -- sits between two marker lines, at the start of a line:
+--oi-help) -- sits between two marker lines, at the start of a line:
 
     # [on-demand: NAME]
     def feature_edit(spec, value):
@@ -1632,6 +1631,10 @@ def _read_command_option(arg, command, after_id, double_dash_follows):
             return None, "unknown %s after the container id" % where
         if command == "restore" and any(name in ("bundle", "config") for name, _ in runc):
             return None, "%s after the container id: runc reads it, crun ignores it" % where
+        if command == "restore" and any(name == "help" and (value is None or value in _GO_TRUE)
+                                        for name, value in runc):
+            # crun takes it for a second argument, which restore ignores.
+            return None, "%s after the container id: runc prints its help, crun restores" % where
         return runc, None
     crun = _read_argp(arg, CRUN_COMMAND_OPTIONS, CRUN_COMMAND_SHORTS, ambiguous_ok=False)
     if runc is None and crun is None:
@@ -4962,18 +4965,26 @@ def _c_json():
     extension module in the interpreter's lib-dynload directory, it is
     loaded from its file there: an import would first list that directory
     and the standard library's own, which costs more than the loading."""
-    module = sys.modules.get("_json")
-    if module is None and "_json" not in sys.builtin_module_names:
-        try:
-            module = _load_extension_module("_json")
-        except Exception:  # pragma: no cover - an interpreter laid out otherwise: import it
-            module = None
-    if module is None:
-        try:
-            import _json as module
-        except ImportError:  # pragma: no cover - interpreters without _json
-            return None
+    if "_json" in sys.modules:
+        module = sys.modules["_json"]
+    else:
+        module = None
+        if "_json" not in sys.builtin_module_names:
+            try:
+                module = _load_extension_module("_json")
+            except Exception:  # pragma: no cover - an interpreter laid out otherwise: import it
+                module = None
+        if module is None:
+            try:
+                import _json as module
+            except ImportError:  # pragma: no cover - interpreters without _json
+                return None
+    if not all(hasattr(module, name) for name in _C_JSON_NAMES):
+        return None
     return module
+
+
+_C_JSON_NAMES = ("make_scanner", "make_encoder", "encode_basestring", "encode_basestring_ascii")
 
 
 def _load_extension_module(name):
@@ -5947,7 +5958,6 @@ def _quote_for_message(text):
     return repr(text)
 
 
-# [on-demand: reporting]
 def _one_line(text):
     return " ".join(str(text).splitlines()) or "error"
 
@@ -6013,7 +6023,6 @@ def _same_file_as_stderr(fd):
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-# [end on-demand: reporting]
 
 
 _SAFE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")

@@ -256,6 +256,10 @@ def test_spellings_the_runtimes_accept_are_read_as_they_read_them(tmp_path, monk
     (["restore", "id", "--bundle=/other"],
      "restore option --bundle=/other after the container id: runc reads it, crun ignores it"),
     (["create", "id", "--bundle"], "create option --bundle needs a value"),
+    # runc prints its help; crun takes -h for a second argument and restores.
+    (["restore", "-", "-h"], "restore option -h after the container id: runc prints its help, crun restores"),
+    (["restore", "id", "--help=true"],
+     "restore option --help=true after the container id: runc prints its help, crun restores"),
 ])
 def test_what_cannot_be_read_with_certainty_fails_closed(args, message):
     call = oi.parse_runtime_call(args)

@@ -162,6 +162,38 @@ def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
     assert result.stdout.startswith(b"oci-interceptor ")
 
 
+def test_a_block_that_cannot_load_is_one_line_and_changes_nothing(pyz, tmp_path):
+    """An archive whose blocks are damaged (overwritten in place, say): a
+    create that needs one fails closed with the one line of any internal
+    error, on stderr and in the runtime's --log, and leaves the config as
+    it was (error reporting itself is never in a block)."""
+    broken = str(tmp_path / "broken.pyz")
+    with open(pyz, "rb") as f:
+        data = bytearray(f.read())
+    with zipfile.ZipFile(pyz) as archive:
+        pyc = archive.read("oci_interceptor.pyc")
+    start = data.find(pyc)
+    core = int(re.search(rb"d=posix.pread\(f,(\d+),o\)", data).group(1))
+    data[start + core:start + len(pyc)] = b"\xff" * (len(pyc) - core)
+    with open(broken, "wb") as f:
+        f.write(data)
+    os.chmod(broken, 0o755)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"process": {"env": []}}')
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"version": 1, "rules": [{"name": "r", "env": ["A=1"]}]}')
+    policy.chmod(0o644)
+    log = tmp_path / "log.json"
+    result = subprocess.run([broken, "--oi-config", str(policy), "--oi-runtime-path", "/bin/true",
+                             "--log", str(log), "--log-format", "json", "create", "--bundle", str(bundle), "x"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert result.returncode == 1 and result.stdout == ""
+    assert re.match(r"oci-interceptor: internal error: \w+: [^\n]+\n\Z", result.stderr), result.stderr
+    assert json.loads(log.read_text())["msg"] == result.stderr.strip()
+    assert (bundle / "config.json").read_text() == '{"process": {"env": []}}'
+
+
 def test_blocks_load_through_zipimport_too(pyz, tmp_path):
     """Where the preamble cannot read the bytecode where the build put it
     (an archive rewritten by some tool), and through `python3 x.pyz`,
@@ -288,8 +320,7 @@ def test_guardrails_cost_nothing_to_a_policy_without_them(pyz, tmp_path):
     assert no_presets and blocks == ["policy-file"], blocks
     assert not loaded & {"json", "re", "socket", "decimal", "os"}, loaded
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), *create)
-    # (and the reporting block: its rules in warn mode print warnings)
-    assert not no_presets and blocks == ["policy-file", "guardrails", "reporting"], blocks
+    assert not no_presets and blocks == ["policy-file", "guardrails"], blocks
     assert not loaded & {"json", "re", "socket", "decimal"}, loaded
     assert json.loads((tmp_path / "config.json").read_text())["process"]["capabilities"] == {"bounding": []}
     loaded, no_presets, blocks = guardrail_probe(pyz, str(guarded), "--oi-runtime-path", "/bin/true", "state", "x")
@@ -438,8 +469,6 @@ def case_args(base):
         (["lifecycle"], ["--oi-runtime-path", runtime, "--root", root, "state", "c9"]),
         (["lifecycle", "policy-file"], ["--oi-config", base + "/failing.json", "--oi-runtime-path", runtime,
                                         "--root", root, "kill", "c9", "KILL"]),
-        (["reporting"], ["--oi-runtime-path", base + "/missing", "--root", root, "--log", base + "/log.json",
-                         "--log-format", "json", "create", "--bundle", bundle, "c11"]),
         (["go-keys"], ["--oi-runtime-path", runtime, "--root", root, "create", "--bundle", base + "/bundle-go", "c10"]),
         (["guardrails"], ["--oi-config", base + "/guarded.json"] + create + ["c5"]),
         (["guardrails", "audit"], ["--oi-config", base + "/denying.json"] + create + ["c6"]),
