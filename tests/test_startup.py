@@ -142,20 +142,28 @@ def test_build_is_reproducible(tmp_path):
     assert os.stat(a).st_mode & 0o777 == 0o755
 
 
+def altered_copy(pyz, path, alter):
+    """An executable copy of the archive at path, its bytes changed by
+    alter(data, where the .pyc starts in them, the .pyc)."""
+    with open(pyz, "rb") as f:
+        data = bytearray(f.read())
+    with zipfile.ZipFile(pyz) as archive:
+        pyc = archive.read("oci_interceptor.pyc")
+    alter(data, data.find(pyc), pyc)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o755)
+
+
 def test_other_interpreters_fall_back_to_the_source(pyz, tmp_path):
     """A .pyc for another Python version (another magic number) is ignored
     and the source in the archive is compiled instead: all of it, so no
     block is on demand."""
     other = str(tmp_path / "other.pyz")
-    with open(pyz, "rb") as f:
-        data = bytearray(f.read())
-    with zipfile.ZipFile(pyz) as archive:
-        pyc = archive.read("oci_interceptor.pyc")
-    offset = data.find(pyc)
-    data[offset:offset + 2] = b"\x00\x00"         # no Python has magic 0
-    with open(other, "wb") as f:
-        f.write(data)
-    os.chmod(other, 0o755)
+
+    def other_magic(data, start, pyc):
+        data[start:start + 2] = b"\x00\x00"       # no Python has magic 0
+    altered_copy(pyz, other, other_magic)
     module_file, _, blocks = probe(other, "--oi-runtime-path", "/bin/true", "state", "x", blocks=True)
     assert module_file.endswith(".pyz/oci_interceptor.py") and blocks == ["(no-blocks)"]
     result = subprocess.run([other, "--oi-version"], stdout=subprocess.PIPE, check=True)
@@ -168,16 +176,11 @@ def test_a_block_that_cannot_load_is_one_line_and_changes_nothing(pyz, tmp_path)
     error, on stderr and in the runtime's --log, and leaves the config as
     it was (error reporting itself is never in a block)."""
     broken = str(tmp_path / "broken.pyz")
-    with open(pyz, "rb") as f:
-        data = bytearray(f.read())
-    with zipfile.ZipFile(pyz) as archive:
-        pyc = archive.read("oci_interceptor.pyc")
-    start = data.find(pyc)
-    core = int(re.search(rb"d=posix.pread\(f,(\d+),o\)", data).group(1))
-    data[start + core:start + len(pyc)] = b"\xff" * (len(pyc) - core)
-    with open(broken, "wb") as f:
-        f.write(data)
-    os.chmod(broken, 0o755)
+
+    def damaged_blocks(data, start, pyc):
+        core = int(re.search(rb"d=posix.pread\(f,(\d+),o\)", data).group(1))     # the part the preamble reads
+        data[start + core:start + len(pyc)] = b"\xff" * (len(pyc) - core)
+    altered_copy(pyz, broken, damaged_blocks)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text('{"process": {"env": []}}')
