@@ -1784,6 +1784,7 @@ def path_split(path):
 # Conditions are evaluated against the config as the engine wrote it, before
 # any rule edits it.
 
+# [on-demand: help]
 CONDITION_HELP = (
     ("always", "true: matches. false: never matches."),
     ("annotations", "{KEY_REGEX: VALUE_REGEX, ...}: every pair matches some annotation."),
@@ -1814,6 +1815,7 @@ CONDITION_HELP = (
     ("not", "{...}: the conditions in it do not all match (rules only)."),
     ("anyOf", "[{...}, ...]: at least one of these condition objects matches (rules only)."),
 )
+# [end on-demand: help]
 
 _STANDARD_CONDITIONS = ("always", "annotations", "commands", "hasBindMounts")
 _GUARDRAIL_CONDITIONS = ("hostPaths", "capabilities", "hostNamespaces", "privileged", "rootUser",
@@ -1826,6 +1828,7 @@ ENGINE_BIND_MOUNTS = frozenset((
 ))
 
 
+# [on-demand: policy-file]
 class Condition(object):
     def __init__(self):
         self.always = None
@@ -1837,7 +1840,6 @@ class Condition(object):
         self.guards = None          # [(key, value)] of guardrail conditions (parse_guard_conditions)
 
 
-# [on-demand: policy-file]
 def _compile(pattern, where, compile_now=True):
     if not isinstance(pattern, str):
         raise PathError(where, "expected a regular expression string, found %s" % _json_text(pattern))
@@ -2976,8 +2978,9 @@ def edit_annotations(spec, annotations):
 #     refused, with the key path and the problem.
 # No capability or privilege is added.
 
-SYSTEMD_INIT_COMMANDS = ("/sbin/init", "/usr/sbin/init", "/usr/local/sbin/init")
 SYSTEMD_ANNOTATION = "oci-interceptor.systemd"
+# [on-demand: systemd]
+SYSTEMD_INIT_COMMANDS = ("/sbin/init", "/usr/sbin/init", "/usr/local/sbin/init")
 SYSTEMD_SWITCH = "OCI_INTERCEPTOR_SYSTEMD"
 SYSTEMD_TMPFS = (
     ("/run", ["nosuid", "nodev", "strictatime", "mode=755", "size=65536k"]),
@@ -2991,6 +2994,7 @@ SIGRTMIN_PLUS_3 = "37"     # what systemd halts on (glibc's SIGRTMIN is 34)
 
 SYSTEMD_HIERARCHY = "/sys/fs/cgroup/systemd"
 CGROUP_MOUNT_TYPES = ("cgroup", "cgroup2")
+# [end on-demand: systemd]
 
 
 class EditContext(object):
@@ -5348,6 +5352,7 @@ def _json_text(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# [on-demand: guardrails]
 def json_float(value):
     """A JSON number as a float (None for anything else, and for what no
     float can hold)."""
@@ -5358,6 +5363,7 @@ def json_float(value):
     except (ValueError, OverflowError):
         return None
     return number if number == number and number not in (float("inf"), float("-inf")) else None
+# [end on-demand: guardrails]
 
 
 def _number(value):
