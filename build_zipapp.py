@@ -179,7 +179,7 @@ if [ -z "$oi_slow" ] && [ -z "$oi_cached" ]; then
   done
 fi
 if [ -z "$oi_cached" ]; then oi_runtime={default_runtime}; fi
-oi_want= oi_cmd= oi_ours=
+oi_want= oi_cmd= oi_own_runtime=
 if [ -z "$oi_slow" ]; then
   for oi_a do
     [ -n "$oi_cmd" ] && break
@@ -203,7 +203,10 @@ if [ -z "$oi_slow" ]; then
   done
   case $oi_want in ''|skip) ;; *) oi_slow=1 ;; esac
   case $oi_cmd in {editing}) oi_slow=1 ;; esac
-  if [ -n "$oi_cached" ] && [ -n "$oi_ours" ]; then oi_slow=1; fi
+  # A runtime a flag names overrides the config file's: Python decides. The
+  # other flags of ours only matter to create, and Python recorded that the
+  # call is the same with them.
+  if [ -n "$oi_cached" ] && [ -n "$oi_own_runtime" ]; then oi_slow=1; fi
 fi
 oi_exe=
 if [ -z "$oi_slow" ]; then
@@ -249,18 +252,19 @@ def fast_path(module):
         if flag.kind == "switch":
             words = module._TRUE_WORDS + module._FALSE_WORDS
             forms = "|".join([spelled] + ["%s=%s" % (n, w) for n in names for w in words])
-            flag_cases.append("      %s) oi_ours=1 ;;" % forms)
+            flag_cases.append("      %s) ;;" % forms)
             drop_cases.append("      %s) ;;" % forms)
             continue
         want = "runtime" if flag.passthrough == "runtime" else value_checks[flag.check]
-        flag_cases.append("      %s) oi_ours=1 oi_want=%s ;;" % (spelled, want))
+        own_runtime = " oi_own_runtime=1" if want == "runtime" else ""
+        flag_cases.append("      %s)%s oi_want=%s ;;" % (spelled, own_runtime, want))
         with_value = "|".join(n + "=*" for n in names)
         if want == "runtime":
-            flag_cases.append('      %s) oi_ours=1 oi_runtime=${oi_a#*=}; case $oi_runtime in ?*) ;; *) oi_slow=1 ;; esac ;;'
-                              % with_value)
+            flag_cases.append('      %s) oi_own_runtime=1 oi_runtime=${oi_a#*=}; '
+                              'case $oi_runtime in ?*) ;; *) oi_slow=1 ;; esac ;;' % with_value)
         else:
             pattern = "[!=]*=*" if want == "env" else "?*"
-            flag_cases.append('      %s) oi_ours=1; case ${oi_a#*=} in %s) ;; *) oi_slow=1 ;; esac ;;'
+            flag_cases.append('      %s) case ${oi_a#*=} in %s) ;; *) oi_slow=1 ;; esac ;;'
                               % (with_value, pattern))
         drop_cases.append("      %s) oi_drop=drop ;;" % spelled)
         drop_cases.append("      %s) ;;" % with_value)

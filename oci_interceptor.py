@@ -6726,12 +6726,17 @@ def remember_passthrough(argv0, opts, call, policy):
     both stay unchanged, the .pyz's shell preamble execs that runtime for
     such calls without starting Python; any change to the file, its
     directory, the program's version or name sends the call here again.
-    Best effort: a failure here never fails the call."""
+    Flags that only matter to create (passthrough "ignored": the policy of
+    Docker's runtimeArgs, say) change nothing such a call does, so the
+    record holds for calls with them too; a call with any other flag of
+    ours records nothing. Best effort: a failure here never fails the
+    call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
     if (posix.geteuid() != 0 or not path or not path.startswith("/") or call.edits_config
             or policy.write_debug_output or policy.uses_systemd
-            or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS if f.kind != "action")
+            or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS
+                   if f.kind != "action" and f.passthrough != "ignored")
             or "\n" in path or "\n" in policy.runtime_path or policy.runtime_path.strip() != policy.runtime_path
             or not name or debug_file_stem(name, "") != name or len(name) > 128
             or policy.config_stat is None or policy.config_dir_stat is None):

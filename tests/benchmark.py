@@ -42,8 +42,10 @@ moves less:
       more with an audit log; the figure is what the rules add (median of
       the paired differences), in wall time and in CPU time, which the
       machine's other load moves less. Its policy names a runtime, so each
-      create writes a container record: in a state directory on the tmpfs,
-      as /run/oci-interceptor is on a host.
+      create writes a container record: in a state directory of its own on
+      the tmpfs, as /run/oci-interceptor is on a host (left in the shared
+      one, such a record would keep the passthrough records of (d) from
+      being written, as a host's container of another runtime does).
 
 The Go peer (awslabs/oci-add-hooks, a static binary; --go-peer PATH or
 $OCI_INTERCEPTOR_GO_PEER) is a yardstick only: its rows are left out without
@@ -251,14 +253,19 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
         restore = functools.partial(restore, pristine)
     cgroups_path = spec.get("linux", {}).get("cgroupsPath", "")
     container_id = cgroups_path.rpartition("/")[2] or "bench"     # Docker's own files are under its id
-    sides = {}
+    # The container records these creates write (their policy names a runtime) go to a state
+    # directory of their own: in the shared one they would keep the passthrough records of
+    # later rows from being written, as a host's container of another runtime would.
+    state = os.environ["OCI_INTERCEPTOR_STATE_DIR"] + "-f"
+    sides, envs = {}, {}
     for name, data in policies.items():
         path = os.path.join(work, "policy-%s.json" % name)
         with open(path, "w") as f:
             json.dump(data, f)
         os.chmod(path, 0o644)
-        sides[name] = ["/usr/bin/env", "OCI_INTERCEPTOR_CONFIG=" + path, pyz, "create", "--bundle", target,
-                       container_id]
+        envs[name] = {"OCI_INTERCEPTOR_CONFIG": path, "OCI_INTERCEPTOR_STATE_DIR": state}
+        sides[name] = (["/usr/bin/env"] + ["%s=%s" % item for item in sorted(envs[name].items())]
+                       + [pyz, "create", "--bundle", target, container_id])
     restore()
     probe = subprocess.run(sides["guarded"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if probe.returncode != 0:
@@ -286,8 +293,8 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
             restore()
             out = os.path.join(work, "callgrind-%s.out" % name)
             subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=execv", "--callgrind-out-file=" + out,
-                            PYTHON, "-I", "-S"] + sides[name][2:], env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=
-                                                                             sides[name][1].partition("=")[2]),
+                            PYTHON, "-I", "-S"] + sides[name][1 + len(envs[name]):],
+                           env=dict(os.environ, **envs[name]),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             counts[name] = sum(int(line.split()[1]) for part in os.listdir(work) if part.startswith(
                 os.path.basename(out)) for line in open(os.path.join(work, part), errors="replace")

@@ -242,8 +242,14 @@ def test_a_call_through_python_lets_later_calls_skip_it_while_the_config_is_unch
     # Now the shell alone runs the call, with the same outcome.
     assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state) == first
     assert run_named(links["fast"], call, runtimes, tmp_path, config, state) == first
-    # Calls that edit, or carry flags of ours, still need Python.
-    for args in (["create", "x"], ["--oi-env", "A=1", "state", "x"], ["--oi-runtime-path", "runc", "state", "x"]):
+    # Flags that only matter to create (the policy words of Docker's runtimeArgs) change nothing:
+    # the shell serves the call too, and drops them as Python does.
+    flagged = ["--oi-env=A=1", "--oi-readonly-networking-mounts", "--root", "/r", "--hook-config-path", "/h",
+               "state", "x"]
+    assert run_named(links["fast_only"], flagged, runtimes, tmp_path, config, state) == first
+    # Calls that edit, or name a runtime by a flag, still need Python.
+    for args in (["create", "x"], ["--oi-runtime-path", "runc", "state", "x"], ["--runtime-path=runc", "state", "x"],
+                 ["--oi-env", "A=1", "--oi-runtime-path", "other-rt", "state", "x"]):
         assert run_named(links["fast_only"], args, runtimes, tmp_path, config, state)[0] == 127, args
 
 
@@ -330,12 +336,34 @@ def test_no_record_when_calls_that_edit_nothing_still_need_python(named, runtime
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
 def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_path):
     links, config, state = named
-    run_named(links["slow"], ["--oi-env", "A=1", "state", "x"], runtimes, tmp_path, config, state)
-    assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+    for flags in (["--oi-runtime-path", "other-rt"], ["--oi-env", "A=1", "--runtime-path=other-rt"],
+                  ["--oi-write-debug-output=false"], ["--oi-systemd", "off"]):
+        run_named(links["slow"], flags + ["state", "x"], runtimes, tmp_path, config, state)
+        assert not os.path.exists(os.path.join(state, "passthrough-oi")), flags
     link = tmp_path / "link.json"
     link.symlink_to(config)
     run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(link), state)
     assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_flags_that_only_matter_to_create_leave_the_record_valid(named, runtimes, tmp_path):
+    links, config, state = named
+    run_named(links["slow"], ["--oi-env", "A=1", "--oi-audit-log=/a", "state", "x"], runtimes, tmp_path, config, state)
+    assert os.path.exists(os.path.join(state, "passthrough-oi"))
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 7
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(args=ARGV)
+def test_with_a_record_any_argv_has_the_same_outcome_on_both_paths(named, runtimes, tmp_path, args):
+    links, config, state = named
+    run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state)       # the record
+    assert os.path.exists(os.path.join(state, "passthrough-oi"))
+    assert (run_named(links["fast"], args, runtimes, tmp_path, config, state)
+            == run_named(links["slow"], args, runtimes, tmp_path, config, state))
 
 
 # --- the record describes the file the policy was read from ----------------------------------------
