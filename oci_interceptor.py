@@ -895,12 +895,11 @@ def _read_rules(data, where, path, fail, complete=True):
             except ValueError as exc:
                 fail(here + ".when" + _subpath(exc), _message(exc))
         actions = {}
-        for action in ACTIONS:
-            if action.key in item:
-                try:
-                    actions[action.key] = action.validate(item[action.key])
-                except ValueError as exc:
-                    fail(here + "." + action.key + _subpath(exc), _message(exc))
+        for action, value in actions_in_order(item):
+            try:
+                actions[action.key] = action.validate(value)
+            except ValueError as exc:
+                fail(here + "." + action.key + _subpath(exc), _message(exc))
         if not actions:
             fail(here, "the rule has no action")
         mode = item.get("mode", "enforce")
@@ -3691,6 +3690,18 @@ ACTIONS = (
            "later call of such a container (exec, kill, delete, ...) goes to the same runtime.",
            uses_context=True),
 )
+_ACTION_ORDER = None
+
+
+def actions_in_order(actions):
+    """[(Action, value), ...] of a rule's actions (or a rule object's keys),
+    in the order of ACTIONS; keys that name no action are left out. (Looks
+    up each key rather than trying every action on every rule.)"""
+    global _ACTION_ORDER
+    if _ACTION_ORDER is None:
+        _ACTION_ORDER = {action.key: (index, action) for index, action in enumerate(ACTIONS)}
+    found = sorted(_ACTION_ORDER[key] for key in actions if key in _ACTION_ORDER)
+    return [(action, actions[action.key]) for _, action in found]
 
 
 def matching_rules(spec, policy, context=None):
@@ -3734,19 +3745,17 @@ def apply_rules(spec, rules, context=None):
 def _apply_rule(spec, rule, context):
     context.rule = rule
     changes = []
-    for action in ACTIONS:
-        if action.key in rule.actions:
-            value = rule.actions[action.key]
-            try:
-                if action.uses_context:
-                    done = action.edit(spec, value, context)
-                else:
-                    done = action.edit(spec, value)
-            except Denied as exc:
-                raise Denied(exc.reason, rule.name)
-            except InterceptorError as exc:
-                raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
-            changes.extend("%s: %s" % (rule.name, change) for change in done)
+    for action, value in actions_in_order(rule.actions):
+        try:
+            if action.uses_context:
+                done = action.edit(spec, value, context)
+            else:
+                done = action.edit(spec, value)
+        except Denied as exc:
+            raise Denied(exc.reason, rule.name)
+        except InterceptorError as exc:
+            raise InterceptorError("rule %s: %s: %s" % (rule.name, action.key, exc))
+        changes.extend("%s: %s" % (rule.name, change) for change in done)
     return changes
 
 
