@@ -147,22 +147,34 @@ if [ -n "$oi_cfg" ]; then
       /*:*[!A-Za-z0-9._-]*|/*:.*|/*:|[!/]*) ;;
       *) oi_cache=$oi_state/passthrough-$oi_name oi_d=${{oi_cfg%/*}}
          [ -n "$oi_d" ] || oi_d=/
+         # One stat: the file, its directory, the state directory, the
+         # record, then each directory above the file's up to / (whose owner
+         # and mode Python's trust in the file rests on).
          if [ -f "$oi_cache" ] &&
-            oi_sig=$(LC_ALL=C stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache" 2>/dev/null)
+            oi_sig=$(set -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache"; oi_up=$oi_d
+                     while [ "$oi_up" != / ]; do oi_up=${{oi_up%/*}}; oi_up=${{oi_up:-/}}; set -- "$@" "$oi_up"; done
+                     LC_ALL=C; export LC_ALL
+                     exec stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$@" 2>/dev/null)
          then
-           # Its four lines, split without a here-document (the shell's read
-           # takes a system call per byte); a fifth is not stat's.
+           # Its lines, split without a here-document (the shell's read takes
+           # a system call per byte); of those above, owner, group and mode.
            oi_s1=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
            oi_s2=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
-           oi_s3=${{oi_sig%%"$oi_nl"*}} oi_s4=${{oi_sig#*"$oi_nl"}}
-           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; IFS= read -r oi_l4; IFS= read -r oi_l5; }} \
-             < "$oi_cache"
+           oi_s3=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
+           oi_s4=${{oi_sig%%"$oi_nl"*}} oi_ups=
+           case $oi_sig in *"$oi_nl"*) oi_sig=${{oi_sig#*"$oi_nl"}} ;; *) oi_sig= ;; esac
+           while [ -n "$oi_sig" ]; do
+             oi_x=${{oi_sig%%"$oi_nl"*}}
+             case $oi_sig in *"$oi_nl"*) oi_sig=${{oi_sig#*"$oi_nl"}} ;; *) oi_sig= ;; esac
+             oi_ups="$oi_ups ${{oi_x#*:*:*:*:*:}}"
+           done
+           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; IFS= read -r oi_l4; IFS= read -r oi_l5
+             IFS= read -r oi_l6; }} < "$oi_cache"
            # The state directory root's and 0700, the record root's and 0600.
            oi_u3=${{oi_s3%:*:*}} oi_u4=${{oi_s4%:*:*}}
            if [ "${{oi_u3##*:}}:${{oi_s3##*:}}:${{oi_u4##*:}}:${{oi_s4##*:}}" = 0:700:0:600 ] &&
-              case $oi_s4 in *"$oi_nl"*) false ;; esac &&
               [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ "$oi_l3" = "$oi_s1" ] &&
-              [ "$oi_l4" = "$oi_s2" ] && [ -n "$oi_l5" ]; then
+              [ "$oi_l4" = "$oi_s2" ] && [ -n "$oi_l5" ] && [ "$oi_l6" = "$oi_ups" ]; then
              oi_slow= oi_cached=1 oi_runtime=$oi_l5
            fi
          fi ;;

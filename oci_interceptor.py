@@ -6731,8 +6731,10 @@ def remember_passthrough(argv0, opts, call, policy):
     mode) of the file as it was read -- the stat of the descriptor the policy
     came from -- and of its directory as it was before the file was opened.
     Nothing is recorded unless both still are exactly that: a rename or an
-    edit in between would pair another file with this file's decision. While
-    both stay unchanged, the .pyz's shell preamble execs that runtime for
+    edit in between would pair another file with this file's decision. The
+    owner, group and mode of each directory above go with them (the file's
+    trust rests on those too). While all that stays unchanged, the .pyz's
+    shell preamble execs that runtime for
     such calls without starting Python; any change to the file, its
     directory, the program's version or name sends the call here again.
     Flags that only matter to create (passthrough "ignored": the policy of
@@ -6742,7 +6744,8 @@ def remember_passthrough(argv0, opts, call, policy):
     call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
-    if (posix.geteuid() != 0 or not path or not path.startswith("/") or call.edits_config
+    if (posix.geteuid() != 0 or not path or not path.startswith("/") or path_normpath(path) != path
+            or call.edits_config
             or policy.write_debug_output or policy.uses_systemd
             or any(getattr(opts, f.dest) not in (None, []) for f in FLAGS
                    if f.kind != "action" and f.passthrough != "ignored")
@@ -6759,8 +6762,18 @@ def remember_passthrough(argv0, opts, call, policy):
         dir_signature = _stat_signature(policy.config_dir_stat)
         if _stat_signature(posix.stat(directory)) != dir_signature:
             return          # changed while the file was read (a rename over it, perhaps)
-        content = "%s %s\n%s\n%s\n%s\n%s\n" % (
-            PASSTHROUGH_MAGIC, __version__, path, signature, dir_signature, policy.runtime_path)
+        # Owner, group and mode of each directory above (as `stat -c %u:%g:%a`
+        # prints them), taken before the file's trust is checked again: a
+        # change after that differs from the record.
+        above, up = [], directory
+        while up != "/":
+            up = up.rpartition("/")[0] or "/"
+            st = posix.lstat(up)
+            above.append(" %d:%d:%o" % (st.st_uid, st.st_gid, st.st_mode & 0o7777))
+        if _untrusted_step(path, policy.config_stat) is not None:
+            return
+        content = "%s %s\n%s\n%s\n%s\n%s\n%s\n" % (
+            PASSTHROUGH_MAGIC, __version__, path, signature, dir_signature, policy.runtime_path, "".join(above))
         try:
             posix.mkdir(state_dir, 0o700)
         except FileExistsError:

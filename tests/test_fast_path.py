@@ -4,6 +4,7 @@ outcome (exit status, stdout, stderr, the runtime's arguments), and the
 calls that need no edit must really skip Python."""
 
 import os
+import stat
 import subprocess
 import time
 
@@ -296,14 +297,19 @@ def _changes(config, state):
 
     def record_other_config():
         record_line(1, "/elsewhere/config.json")
+
+    def directory_above_writable():
+        # Python no longer trusts the file: it warns and runs the command line's runtime.
+        os.chmod(os.path.dirname(os.path.dirname(config)), 0o777)
     return [touch, rewrite_same_size, chmod, replace_by_rename, sibling_written, record_mode, state_mode,
-            record_version, record_other_config]
+            record_version, record_other_config, directory_above_writable]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
-@pytest.mark.parametrize("change", range(9), ids=["touch", "rewrite-same-size", "chmod", "replace-by-rename",
-                                                   "sibling-written", "record-mode", "state-dir-mode",
-                                                   "record-version", "record-other-config"])
+@pytest.mark.parametrize("change", range(10), ids=["touch", "rewrite-same-size", "chmod", "replace-by-rename",
+                                                    "sibling-written", "record-mode", "state-dir-mode",
+                                                    "record-version", "record-other-config",
+                                                    "directory-above-writable"])
 def test_any_change_sends_the_call_to_python_again(named, runtimes, tmp_path, change):
     links, config, state = named
     call = ["state", "x"]
@@ -417,6 +423,13 @@ def test_the_record_carries_the_stat_of_the_descriptor_read_and_of_the_directory
     config = tmp_path / "etc" / "config.json"
     assert policy.runtime_path == "runtime-a"
     assert record[1:5] == [str(config), _signature(config), _signature(config.parent), "runtime-a"]
+    above = []
+    directory = str(config.parent)
+    while directory != "/":
+        directory = os.path.dirname(directory)
+        info = os.lstat(directory)
+        above.append(" %d:%d:%o" % (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)))
+    assert record[5] == "".join(above) and record[6:] == [""]
     assert oi._stat_signature(policy.config_stat) == _signature(config)
 
 
