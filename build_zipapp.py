@@ -151,8 +151,11 @@ if [ -n "$oi_cfg" ]; then
          # record, then each directory above the file's up to / (whose owner
          # and mode Python's trust in the file rests on).
          if [ -f "$oi_cache" ] &&
-            oi_sig=$(set -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache"; oi_up=$oi_d
-                     while [ "$oi_up" != / ]; do oi_up=${{oi_up%/*}}; oi_up=${{oi_up:-/}}; set -- "$@" "$oi_up"; done
+            oi_sig=$(set -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache"; oi_up=$oi_d oi_n=0
+                     while [ "$oi_up" != / ]; do
+                       oi_n=$((oi_n + 1)); [ "$oi_n" -le {max_above} ] || exit 1     # Python records none deeper
+                       oi_up=${{oi_up%/*}}; oi_up=${{oi_up:-/}}; set -- "$@" "$oi_up"
+                     done
                      LC_ALL=C; export LC_ALL
                      exec stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$@" 2>/dev/null)
          then
@@ -285,6 +288,7 @@ def fast_path(module):
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
         state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR, records=module.RECORDS_SUBDIR,
+        max_above=module.PASSTHROUGH_MAX_ABOVE,
         magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,

@@ -100,6 +100,9 @@ CONFIG_VERSION = 1
 STATE_DIR = "/run/oci-interceptor"
 STATE_DIR_ENV = "OCI_INTERCEPTOR_STATE_DIR"
 PASSTHROUGH_MAGIC = "oci-interceptor-passthrough"
+# A config file with more directories above its own gets no passthrough
+# record (the preamble stats each of them on every call).
+PASSTHROUGH_MAX_ABOVE = 32
 
 # Where a bare runtime name is looked for after PATH: daemons often run with a
 # thin PATH that lacks the sbin directories runc is installed in.
@@ -6765,10 +6768,16 @@ def remember_passthrough(argv0, opts, call, policy):
         # Owner, group and mode of each directory above (as `stat -c %u:%g:%a`
         # prints them), taken before the file's trust is checked again: a
         # change after that differs from the record.
+        # A symlink on the way would lead the trust check to directories the
+        # preamble does not stat: no record then.
         above, up = [], directory
+        if posix.lstat(directory).st_mode & _S_IFMT == _S_IFLNK:
+            return
         while up != "/":
             up = up.rpartition("/")[0] or "/"
             st = posix.lstat(up)
+            if st.st_mode & _S_IFMT == _S_IFLNK or len(above) == PASSTHROUGH_MAX_ABOVE:
+                return
             above.append(" %d:%d:%o" % (st.st_uid, st.st_gid, st.st_mode & 0o7777))
         if _untrusted_step(path, policy.config_stat) is not None:
             return

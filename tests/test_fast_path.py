@@ -4,6 +4,7 @@ outcome (exit status, stdout, stderr, the runtime's arguments), and the
 calls that need no edit must really skip Python."""
 
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -350,6 +351,35 @@ def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_pat
     link.symlink_to(config)
     run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(link), state)
     assert not os.path.exists(os.path.join(state, "passthrough-oi"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_through_a_symlinked_directory_or_for_a_config_too_deep(named, runtimes, tmp_path):
+    """Python's trust check follows a symlink on the way to the config file,
+    where the preamble's stat would not; and the preamble stats each
+    directory above on every call."""
+    links, config, state = named
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    shutil.copy(config, str(real / "sub" / "config.json"))
+    (tmp_path / "link").symlink_to(real)
+    # A directory of N components has N directories above it.
+    levels = oi.PASSTHROUGH_MAX_ABOVE + 1 - (len(tmp_path.parts) - 1)
+    deep = tmp_path / "/".join("d" for _ in range(levels))
+    deep.mkdir(parents=True)
+    shutil.copy(config, str(deep / "config.json"))
+    for path in (tmp_path / "link" / "sub" / "config.json", deep / "config.json"):
+        os.chmod(str(path), 0o644)
+        first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(path), state)
+        assert first[0] == 7 and not os.path.exists(os.path.join(state, "passthrough-oi")), path
+        assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, str(path), state)[0] == 127
+    # One level less deep (PASSTHROUGH_MAX_ABOVE above): recorded, and served by the shell.
+    shallow = deep.parent / "config.json"
+    shutil.copy(config, str(shallow))
+    os.chmod(str(shallow), 0o644)
+    run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(shallow), state)
+    assert os.path.exists(os.path.join(state, "passthrough-oi"))
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, str(shallow), state)[0] == 7
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
