@@ -2910,12 +2910,19 @@ def edit_prepend_hooks(spec, hooks):
     return _add_hooks(spec, hooks, prepend=True)
 
 
+def _member(parent, key, kind, where):
+    """parent[key], an empty kind (dict or list) put there when it is absent
+    or null; InterceptorError naming where when it is something else."""
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = kind()
+    if not isinstance(value, kind):
+        raise InterceptorError("%s is not %s" % (where, "an object" if kind is dict else "a list"))
+    return value
+
+
 def _add_hooks(spec, hooks, prepend):
-    if "hooks" not in spec or spec["hooks"] is None:
-        spec["hooks"] = {}
-    all_hooks = spec["hooks"]
-    if not isinstance(all_hooks, dict):
-        raise InterceptorError("hooks is not an object")
+    all_hooks = _member(spec, "hooks", dict, "hooks")
     changes = []
     for stage in HOOK_STAGES:
         wanted = hooks.get(stage)
@@ -3184,16 +3191,8 @@ def _systemd_cgroups(spec, mounts, context):
     """The container's own cgroup, writable (see above). Everything is
     checked before anything is changed."""
     changes = []
-    linux = spec.get("linux")
-    if linux is None:
-        linux = spec["linux"] = {}
-    if not isinstance(linux, dict):
-        raise InterceptorError("linux is not an object")
-    namespaces = linux.get("namespaces")
-    if namespaces is None:
-        namespaces = linux["namespaces"] = []
-    if not isinstance(namespaces, list):
-        raise InterceptorError("linux.namespaces is not a list")
+    linux = _member(spec, "linux", dict, "linux")
+    namespaces = _member(linux, "namespaces", list, "linux.namespaces")
     cgroup_namespaces = [i for i, n in enumerate(namespaces) if isinstance(n, dict) and n.get("type") == "cgroup"]
     joined = [i for i in cgroup_namespaces if namespaces[i].get("path") is not None]
     cgroup_index = None
@@ -4570,57 +4569,42 @@ def _yaml_flow_value(text, i, lineno, flow, depth=0):
         raise ValueError("line %d: nested deeper than %d levels" % (lineno, MAX_YAML_DEPTH))
     if c in "\"'":
         return _yaml_quoted(text, i, lineno)
-    if c == "[":
-        items = []
+    if c in "[{":
+        close, what = ("]", "a [ list") if c == "[" else ("}", "a { mapping")
+        collection = [] if c == "[" else {}
         i += 1
         while True:
             while i < len(text) and text[i] == " ":
                 i += 1
-            if text[i:i + 1] == "]":
-                return items, i + 1
+            if text[i:i + 1] == close:
+                return collection, i + 1
             if i >= len(text):
-                raise ValueError("line %d: a [ list must end on its line" % lineno)
-            value, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
-            items.append(_yaml_typed(value, lineno))
+                raise ValueError("line %d: %s must end on its line" % (lineno, what))
+            if c == "[":
+                value, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
+                collection.append(_yaml_typed(value, lineno))
+            else:
+                key, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
+                key = key.text if isinstance(key, _YamlPlain) else key
+                if not isinstance(key, str) or not key:
+                    raise ValueError("line %d: a { mapping key must be a string" % lineno)
+                if key in collection:
+                    raise ValueError("line %d: duplicate key %s" % (lineno, _quote_for_message(key)))
+                while i < len(text) and text[i] == " ":
+                    i += 1
+                value = None
+                if text[i:i + 1] == ":":
+                    value, i = _yaml_flow_value(text, i + 1, lineno, True, depth + 1)
+                    value = _yaml_typed(value, lineno)
+                collection[key] = value
             while i < len(text) and text[i] == " ":
                 i += 1
             if text[i:i + 1] == ",":
                 i += 1
             elif i >= len(text):
-                raise ValueError("line %d: a [ list must end on its line" % lineno)
-            elif text[i] != "]":
-                raise ValueError("line %d: expected , or ] in a [ list" % lineno)
-    if c == "{":
-        result = {}
-        i += 1
-        while True:
-            while i < len(text) and text[i] == " ":
-                i += 1
-            if text[i:i + 1] == "}":
-                return result, i + 1
-            if i >= len(text):
-                raise ValueError("line %d: a { mapping must end on its line" % lineno)
-            key, i = _yaml_flow_value(text, i, lineno, True, depth + 1)
-            key = key.text if isinstance(key, _YamlPlain) else key
-            if not isinstance(key, str) or not key:
-                raise ValueError("line %d: a { mapping key must be a string" % lineno)
-            if key in result:
-                raise ValueError("line %d: duplicate key %s" % (lineno, _quote_for_message(key)))
-            while i < len(text) and text[i] == " ":
-                i += 1
-            value = None
-            if text[i:i + 1] == ":":
-                value, i = _yaml_flow_value(text, i + 1, lineno, True, depth + 1)
-                value = _yaml_typed(value, lineno)
-            result[key] = value
-            while i < len(text) and text[i] == " ":
-                i += 1
-            if text[i:i + 1] == ",":
-                i += 1
-            elif i >= len(text):
-                raise ValueError("line %d: a { mapping must end on its line" % lineno)
-            elif text[i] != "}":
-                raise ValueError("line %d: expected , or } in a { mapping" % lineno)
+                raise ValueError("line %d: %s must end on its line" % (lineno, what))
+            elif text[i] != close:
+                raise ValueError("line %d: expected , or %s in %s" % (lineno, close, what))
     if c in "&*!":
         raise ValueError("line %d: anchors, aliases and tags (%s) are not supported" % (lineno, c))
     if c in "|>":
@@ -4804,12 +4788,8 @@ def _add_cdi_device_node(spec, node):
             value = owner if isinstance(owner, int) and not isinstance(owner, bool) and owner > 0 else None
         if value is not None:
             device[key] = value
-    linux = _cdi_object(spec, "linux", "linux")
-    devices = linux.get("devices")
-    if devices is None:
-        devices = linux["devices"] = []
-    if not isinstance(devices, list):
-        raise InterceptorError("linux.devices is not a list")
+    linux = _member(spec, "linux", dict, "linux")
+    devices = _member(linux, "devices", list, "linux.devices")
     path = _clean_path(node["path"])
     same = [i for i, d in enumerate(devices) if isinstance(d, dict) and isinstance(d.get("path"), str)
             and _clean_path(d["path"]) == path]
@@ -4828,25 +4808,12 @@ def _add_cdi_device_node(spec, node):
         rule = {"allow": True, "type": kind, "major": major, "minor": minor}
         if access:
             rule["access"] = access
-        resources = _cdi_object(linux, "resources", "linux.resources")
-        rules = resources.get("devices")
-        if rules is None:
-            rules = resources["devices"] = []
-        if not isinstance(rules, list):
-            raise InterceptorError("linux.resources.devices is not a list")
+        resources = _member(linux, "resources", dict, "linux.resources")
+        rules = _member(resources, "devices", list, "linux.resources.devices")
         if not _cgroup_rule_in_force(rules, rule):
             rules.append(rule)
             changes.append("linux.resources.devices: allowed %s %d:%d %s" % (kind, major, minor, access or "(none)"))
     return changes
-
-
-def _cdi_object(parent, key, where):
-    value = parent.get(key)
-    if value is None:
-        value = parent[key] = {}
-    if not isinstance(value, dict):
-        raise InterceptorError("%s is not an object" % where)
-    return value
 
 
 def _cgroup_rule_in_force(rules, rule):
@@ -4882,11 +4849,7 @@ def _add_additional_gids(spec, gids):
         user = process["user"] = {"uid": 0, "gid": 0}
     if not isinstance(user, dict):
         raise InterceptorError("process.user is not an object")
-    present = user.get("additionalGids")
-    if present is None:
-        present = user["additionalGids"] = []
-    if not isinstance(present, list):
-        raise InterceptorError("process.user.additionalGids is not a list")
+    present = _member(user, "additionalGids", list, "process.user.additionalGids")
     changes = []
     for gid in gids:
         if not any(json_equal(gid, old) for old in present):
@@ -6857,9 +6820,8 @@ def check_config_report(policy):
     for rule in policy.rules:
         lines.append("  %s (%s)" % (rule.name, rule.source))
         lines.append("    when: %s" % ("always" if rule.when is None else _condition_text(rule.when)))
-        for action in ACTIONS:
-            if action.key in rule.actions:
-                lines.append("    %s: %s" % (action.key, _full_json_text(rule.actions[action.key])))
+        for action, value in actions_in_order(rule.actions):
+            lines.append("    %s: %s" % (action.key, _full_json_text(value)))
         for name in rule.actions.get("cdi-devices", []):
             try:
                 cache.device(name)
