@@ -180,6 +180,17 @@ class Bundle(object):
             json.dump(spec, f, indent="\t")
 
 
+def run_at_once(count, call):
+    """call(i) for every i in range(count), each in a thread of its own, all
+    started before any is waited for."""
+    import threading
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def make_bundle(directory, rootfs, template, args, env=None, network_files=True):
     """A bundle whose root is the shared read-only busybox rootfs, with host
     files of its own bind-mounted at /etc/hosts, /etc/hostname, /etc/resolv.conf

@@ -321,6 +321,14 @@ class Podman(object):
         self.residue.clean()
 
 
+def podman_registered(pyz, directory, image_tar):
+    """A private Podman configured from the snippet `--oi-register podman
+    --oi-register-default` prints (the program as its default runtime)."""
+    snippet = subprocess.run([pyz, "--oi-register", "podman", "--oi-register-default"],
+                             stdout=subprocess.PIPE, check=True).stdout.decode()
+    return Podman(directory, snippet, image_tar)
+
+
 CRI_PLUGIN = '[plugins."io.containerd.grpc.v1.cri"]'
 
 

@@ -768,19 +768,10 @@ def test_docker_gets_the_device_by_rule_and_by_env_variable(docker_cdi, tmp_path
 # --- containerd 1.6 CRI: the request by pod annotation ------------------------------------
 
 def test_kubernetes_pod_annotation_through_containerd_cri(pyz, rootfs, tmp_path):
-    need(shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"), "containerd is not installed")
-    try:
-        import grpc_tools.protoc
-    except ImportError:
-        grpc_tools = None
-    need(grpc_tools is not None, "grpcio and grpcio-tools are not installed")
     import engines
-    import images
-    from test_kubernetes import BUSYBOX, PAUSE
-    base = tempfile.mkdtemp(prefix="oi-cdi-", dir="/tmp")      # short: sockets live here
+    from test_kubernetes import BUSYBOX, PAUSE, cri_images
+    base, busybox, pause = cri_images(rootfs, "oi-cdi-")
     try:
-        busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
-        pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE, cmd=("sleep", "2147483647"))
         snippet = subprocess.run([pyz, "--oi-register", "containerd"], stdout=subprocess.PIPE,
                                  check=True).stdout.decode()
         readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()

@@ -222,9 +222,7 @@ def test_register_docker_against_a_real_daemon(pyz, rootfs_tar, tmp_path):
 def podman(pyz, rootfs_tar, tmp_path_factory):
     need(shutil.which("podman") and shutil.which("conmon"), "podman is not installed")
     import engines
-    snippet = subprocess.run([pyz, "--oi-register", "podman", "--oi-register-default"],
-                             stdout=subprocess.PIPE, check=True).stdout.decode()
-    engine = engines.Podman(tmp_path_factory.mktemp("podman"), snippet, rootfs_tar)
+    engine = engines.podman_registered(pyz, tmp_path_factory.mktemp("podman"), rootfs_tar)
     engine.write_policy(POLICY)
     try:
         yield engine
@@ -418,19 +416,10 @@ def test_containerd_cri_runs_pods_through_the_block_written_by_register(pyz, roo
     handler to a config.toml that configures the CRI plugin itself (as
     Debian's does); containerd starts with it and runs a pod's containers
     through the program, with the policy; the file's own settings stay."""
-    need(shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"), "containerd is not installed")
-    try:
-        import grpc_tools.protoc
-    except ImportError:
-        grpc_tools = None
-    need(grpc_tools is not None, "grpcio and grpcio-tools are not installed")
     import engines
-    import images
-    from test_kubernetes import BUSYBOX, PAUSE, run_probe
-    base = tempfile.mkdtemp(prefix="oi-crw-", dir="/tmp")      # short: sockets live here
+    from test_kubernetes import PAUSE, cri_images, run_probe
+    base, busybox, pause = cri_images(rootfs, "oi-crw-")
     try:
-        busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
-        pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE, cmd=("sleep", "2147483647"))
 
         def register(config_path):
             written = subprocess.run([pyz, "--oi-register", "containerd", "--oi-write", "--oi-register-default",

@@ -47,6 +47,18 @@ def break_policy(path, how):
             f.write('{"version": 1, "evn": ["A=1"]}')
 
 
+def start_routed_on_docker(docker, ids):
+    """Under ROUTING: start a container its env routes to crun and one left
+    on runc, their ids appended to ids (the caller removes them); returns
+    Docker's runtime root, where each one's state lies as its runtime keeps
+    it."""
+    ids.append(start_docker(docker, "-e", "ROUTE=crun"))
+    ids.append(start_docker(docker))
+    root = docker_root(docker)
+    assert [state_of(root, cid) for cid in ids] == ["crun", "runc"]
+    return root
+
+
 def stop_within(engine_call, name, timeout):
     began = time.time()
     stopped = engine_call("stop", "-t", str(timeout), name)
@@ -59,9 +71,7 @@ def test_docker_containers_outlive_a_broken_policy(docker, how):
     docker.write_policy(ROUTING)
     ids = []
     try:
-        ids = [start_docker(docker, "-e", "ROUTE=crun"), start_docker(docker)]
-        root = docker_root(docker)
-        assert [state_of(root, cid) for cid in ids] == ["crun", "runc"]
+        root = start_routed_on_docker(docker, ids)
         break_policy(docker.policy_path, how)
         for cid in ids:
             executed = docker.docker("exec", cid, "sh", "-c", POLICY_APPLIED)
@@ -88,9 +98,7 @@ def test_docker_routes_by_rule_and_every_call_follows(docker):
     docker.write_policy(ROUTING)
     ids = []
     try:
-        ids = [start_docker(docker, "-e", "ROUTE=crun"), start_docker(docker)]
-        root = docker_root(docker)
-        assert [state_of(root, cid) for cid in ids] == ["crun", "runc"]
+        root = start_routed_on_docker(docker, ids)
         assert oi.read_record(root, ids[0]).runtime.endswith("/crun")
         assert oi.read_record(root, ids[1]) is None           # the command line's runtime: no record
         for cid in ids:

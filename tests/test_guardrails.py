@@ -11,12 +11,11 @@ import os
 import socket
 import stat
 import subprocess
-import threading
 
 import pytest
 
 import oci_interceptor as oi
-from conftest import new_id, run
+from conftest import new_id, run, run_at_once
 
 CONTAINER_ID = "4ccf4fca8e03c5f593e82206874ec89926d10feba4f32bd26746c1f2e21329bc"
 DOCKER_CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
@@ -975,12 +974,8 @@ def test_50_real_containers_audited_at_once(pyz, runtime, bundle_factory, tmp_pa
                                      runtime.root, "run", "--bundle", bundles[i].path, ids[i]],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     timeout=300)
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(50)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_at_once(50, start)
     finally:
         for cid in ids:
             runtime("delete", "--force", cid)

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 
 import pytest
@@ -245,9 +244,7 @@ def test_docker_baseline_enforced_restricted_warned(docker, tmp_path):
 def podman(pyz, rootfs_tar, tmp_path_factory):
     need(shutil.which("podman") and shutil.which("conmon"), "podman is not installed")
     import engines
-    snippet = subprocess.run([pyz, "--oi-register", "podman", "--oi-register-default"],
-                             stdout=subprocess.PIPE, check=True).stdout.decode()
-    engine = engines.Podman(tmp_path_factory.mktemp("podman"), snippet, rootfs_tar)
+    engine = engines.podman_registered(pyz, tmp_path_factory.mktemp("podman"), rootfs_tar)
     try:
         yield engine
     finally:

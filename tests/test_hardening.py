@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oci_interceptor as oi
-from conftest import need, new_id, run
+from conftest import need, new_id, run, run_at_once
 
 # --- faults: SIGKILL mid-write, full and read-only filesystems ---------------------------------
 
@@ -133,11 +132,7 @@ def test_200_concurrent_creates_with_debug_output(pyz, tmp_path):
         subprocess.run([pyz, "--oi-runtime-path", "/bin/true", "--oi-write-debug-output", "--oi-debug-output-dir",
                         str(debug), "--oi-readonly-networking-mounts", "--oi-env-force", "BUNDLE=b%03d" % i,
                         "create", "--bundle", str(bundles[i]), "c%03d" % i], env=env, check=True, timeout=300)
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(200, create)
     lines = (debug / "runtime_calls.log").read_text().splitlines()
     assert len(lines) == 200
     assert sorted(line.rsplit(" ", 1)[1] for line in lines) == ["c%03d" % i for i in range(200)]
@@ -162,12 +157,8 @@ def test_50_real_containers_concurrently(pyz, runtime, bundle_factory):
             [pyz, "--oi-runtime-path", runtime.path, "--oi-readonly-networking-mounts", "--oi-env-force",
              "WHO=container-%d" % i, "--root", runtime.root, "run", "--bundle", bundles[i].path, ids[i]],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(50)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_at_once(50, start)
     finally:
         for cid in ids:
             runtime("delete", "--force", cid)

@@ -17,19 +17,33 @@ BUSYBOX = "docker.io/library/oi-busybox:test"
 PAUSE = "docker.io/library/oi-pause:test"
 
 
-@pytest.fixture(scope="session")
-def cri(pyz, rootfs):
+def cri_images(rootfs, prefix):
+    """What a private containerd with its CRI plugin needs here (or the test
+    is skipped, or fails where runtimes are required), then (a short new
+    directory in /tmp, for its sockets; the busybox and pause image
+    tarballs in it). The caller removes the directory."""
     need(shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"), "containerd is not installed")
     try:
         import grpc_tools.protoc
     except ImportError:
         grpc_tools = None
     need(grpc_tools is not None, "grpcio and grpcio-tools are not installed")
-    import engines
     import images
-    base = tempfile.mkdtemp(prefix="oi-cri-", dir="/tmp")      # short: sockets live here
-    busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
-    pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE, cmd=("sleep", "2147483647"))
+    base = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        busybox = images.oci_image_tarball(rootfs, os.path.join(base, "busybox.tar"), BUSYBOX)
+        pause = images.oci_image_tarball(rootfs, os.path.join(base, "pause.tar"), PAUSE,
+                                         cmd=("sleep", "2147483647"))
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    return base, busybox, pause
+
+
+@pytest.fixture(scope="session")
+def cri(pyz, rootfs):
+    import engines
+    base, busybox, pause = cri_images(rootfs, "oi-cri-")
     snippet = subprocess.run([pyz, "--oi-register", "containerd"], stdout=subprocess.PIPE,
                              check=True).stdout.decode()
     daemon = engines.ContainerdCRI(base, snippet, [busybox, pause], PAUSE, pod_annotations=["example.com/*"])

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import oci_interceptor as oi
-from conftest import new_id, run
+from conftest import new_id, run, run_at_once
 
 TRAP_TERM = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
 
@@ -297,7 +297,6 @@ def test_a_recorded_runtime_wins_over_the_command_line(pyz, fake, tmp_path, monk
 
 
 def test_records_survive_50_containers_at_once(pyz, runtime, bundle_factory, tmp_path, routing_policy, monkeypatch):
-    import threading
     policy, _ = routing_policy
     state = tmp_path / "state"
     env = {"OCI_INTERCEPTOR_STATE_DIR": str(state)}
@@ -308,12 +307,8 @@ def test_records_survive_50_containers_at_once(pyz, runtime, bundle_factory, tmp
     def create(i):
         results[i] = through(pyz, runtime, policy, "create", "--bundle", bundles[i].path, ids[i], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(50)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_at_once(50, create)
         assert all(r.returncode == 0 for r in results)
         monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
         for cid in ids:

@@ -5,12 +5,11 @@ import json
 import os
 import stat
 import subprocess
-import threading
 
 import pytest
 
 import oci_interceptor as oi
-from conftest import run
+from conftest import run, run_at_once
 
 
 def write_config(directory, spec):
@@ -249,11 +248,7 @@ def test_runtime_calls_log_lines_never_interleave(fake, tmp_path, pyz):
     def call(i):
         run([pyz], ["--oi-runtime-path", fake.runtime, "--oi-write-debug-output", "--oi-debug-output-dir",
                     str(debug), "state", "c%d" % i, long_arg], fake)
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_at_once(24, call)
     lines = (debug / "runtime_calls.log").read_text().splitlines()
     assert len(lines) == 24
     assert sorted(line.split()[-2] for line in lines) == sorted("c%d" % i for i in range(24))
