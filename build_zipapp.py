@@ -140,45 +140,23 @@ if [ -n "$oi_cfg" ]; then
   done
   if [ "$oi_p" = "$oi_cfg" ]; then
     # A config file: only what Python recorded of it (as root, while the
-    # file and its directory stay exactly as they were) lets a call by.
-    oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}} oi_nl='
-'
+    # file and its directory stay root's, the file keeps the modification
+    # time the record was given, and the record's trust window lasts; see
+    # remember_passthrough) lets a call by. Tests only, no process: the
+    # window ends when its expires file is no newer than /proc/self, which
+    # is as old as this process.
+    oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}}
     case $oi_cfg:$oi_name in
       /*:*[!A-Za-z0-9._-]*|/*:.*|/*:|[!/]*) ;;
-      *) oi_cache=$oi_state/passthrough-$oi_name oi_d=${{oi_cfg%/*}}
+      *) oi_cache=$oi_state/passthrough-$oi_name oi_until=$oi_state/expires-$oi_name oi_d=${{oi_cfg%/*}}
          [ -n "$oi_d" ] || oi_d=/
-         # One stat: the file, its directory, the state directory, the
-         # record, then each directory above the file's up to / (whose owner
-         # and mode Python's trust in the file rests on).
-         if [ -f "$oi_cache" ] &&
-            oi_sig=$(set -- "$oi_cfg" "$oi_d" "$oi_state" "$oi_cache"; oi_up=$oi_d oi_n=0
-                     while [ "$oi_up" != / ]; do
-                       oi_n=$((oi_n + 1)); [ "$oi_n" -le {max_above} ] || exit 1     # Python records none deeper
-                       oi_up=${{oi_up%/*}}; oi_up=${{oi_up:-/}}; set -- "$@" "$oi_up"
-                     done
-                     LC_ALL=C; export LC_ALL
-                     exec stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a' -- "$@" 2>/dev/null)
-         then
-           # Its lines, split without a here-document (the shell's read takes
-           # a system call per byte); of those above, owner, group and mode.
-           oi_s1=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
-           oi_s2=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
-           oi_s3=${{oi_sig%%"$oi_nl"*}} oi_sig=${{oi_sig#*"$oi_nl"}}
-           oi_s4=${{oi_sig%%"$oi_nl"*}} oi_ups=
-           case $oi_sig in *"$oi_nl"*) oi_sig=${{oi_sig#*"$oi_nl"}} ;; *) oi_sig= ;; esac
-           while [ -n "$oi_sig" ]; do
-             oi_x=${{oi_sig%%"$oi_nl"*}}
-             case $oi_sig in *"$oi_nl"*) oi_sig=${{oi_sig#*"$oi_nl"}} ;; *) oi_sig= ;; esac
-             oi_ups="$oi_ups ${{oi_x#*:*:*:*:*:}}"
-           done
-           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; IFS= read -r oi_l4; IFS= read -r oi_l5
-             IFS= read -r oi_l6; }} < "$oi_cache"
-           # The state directory root's and 0700, the record root's and 0600.
-           oi_u3=${{oi_s3%:*:*}} oi_u4=${{oi_s4%:*:*}}
-           if [ "${{oi_u3##*:}}:${{oi_s3##*:}}:${{oi_u4##*:}}:${{oi_s4##*:}}" = 0:700:0:600 ] &&
-              [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ "$oi_l3" = "$oi_s1" ] &&
-              [ "$oi_l4" = "$oi_s2" ] && [ -n "$oi_l5" ] && [ "$oi_l6" = "$oi_ups" ]; then
-             oi_slow= oi_cached=1 oi_runtime=$oi_l5
+         if [ -f "$oi_cache" ] && [ -O "$oi_cache" ] && [ -O "$oi_state" ] &&
+            [ -f "$oi_cfg" ] && [ -O "$oi_cfg" ] && [ -O "$oi_d" ] &&
+            ! [ "$oi_cfg" -nt "$oi_cache" ] && ! [ "$oi_cache" -nt "$oi_cfg" ] &&
+            [ -f "$oi_until" ] && [ -O "$oi_until" ] && [ -d /proc/self ] && [ "$oi_until" -nt /proc/self ]; then
+           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; }} < "$oi_cache"
+           if [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ -n "$oi_l3" ]; then
+             oi_slow= oi_cached=1 oi_runtime=$oi_l3
            fi
          fi ;;
     esac
@@ -288,7 +266,6 @@ def fast_path(module):
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
         state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR, records=module.RECORDS_SUBDIR,
-        max_above=module.PASSTHROUGH_MAX_ABOVE,
         magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,

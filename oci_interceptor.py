@@ -100,9 +100,11 @@ CONFIG_VERSION = 1
 STATE_DIR = "/run/oci-interceptor"
 STATE_DIR_ENV = "OCI_INTERCEPTOR_STATE_DIR"
 PASSTHROUGH_MAGIC = "oci-interceptor-passthrough"
-# A config file with more directories above its own gets no passthrough
-# record (the preamble stats each of them on every call).
-PASSTHROUGH_MAX_ABOVE = 32
+# How long (seconds) a passthrough record stands on the config file's trust
+# as Python last checked it: the preamble sees an edit or a new owner at
+# once, but not a mode or a directory above (it runs no process to look);
+# after this, the next call goes to Python, which checks them again.
+PASSTHROUGH_WINDOW = 10
 
 # Where a bare runtime name is looked for after PATH: daemons often run with a
 # thin PATH that lacks the sbin directories runc is installed in.
@@ -5541,10 +5543,10 @@ def read_config(path, follow_symlinks=False):
 _TEMP_MARK = ".oi-tmp-"
 
 
-def write_atomically(path, data, st=None, mode=0o600, durable=True):
+def write_atomically(path, data, st=None, mode=0o600, durable=True, mtime_ns=None):
     """Replace path with data: a temp file in the same directory, written,
     given the original's mode and owner (st; without it, `mode` and our own
-    owner), then renamed over path. Either the complete old or the complete
+    owner) and, if given, this modification time, then renamed over path. Either the complete old or the complete
     new file is there, never a mix. durable: the temp file is fsynced before
     the rename and the directory after it, so that the new file also
     survives a crash of the machine; without it, a crash may leave the old
@@ -5566,6 +5568,8 @@ def write_atomically(path, data, st=None, mode=0o600, durable=True):
             if st is not None and (st.st_uid, st.st_gid) != (posix.geteuid(), posix.getegid()):
                 posix.fchown(fd, st.st_uid, st.st_gid)
             posix.fchmod(fd, st.st_mode & 0o7777 if st is not None else mode)
+            if mtime_ns is not None:
+                posix.utime(fd, ns=(mtime_ns, mtime_ns))
             if durable:
                 posix.fsync(fd)
         finally:
@@ -5831,9 +5835,53 @@ def write_record(root, container_id, record):
     except InterceptorError as exc:
         report_warning("cannot record the runtime of container %s: %s" % (_quote_for_message(container_id), exc))
         return
-    # Records of passthrough calls no longer hold for every container.
-    _forget_passthrough_records()
+    # Passthrough records that disagree no longer hold for every container.
+    _forget_passthrough_records(record)
     _remove_stale_records(directory)
+
+
+# Passthrough records (remember_passthrough, section 10) let the shell
+# preamble serve calls that edit nothing. Each stands on the config file's
+# trust as Python last checked it, for PASSTHROUGH_WINDOW seconds: the
+# modification time of its expires-NAME file says until when.
+
+def passthrough_paths(name):
+    """The record of program name NAME, and its expires file."""
+    return "%s/passthrough-%s" % (state_dir(), name), "%s/expires-%s" % (state_dir(), name)
+
+
+def open_passthrough_window(expires):
+    """The config file's trust was just checked: the record stands
+    PASSTHROUGH_WINDOW seconds more."""
+    import time
+    until = int((time.time() + PASSTHROUGH_WINDOW) * 10 ** 9)
+    try:
+        posix.utime(expires, ns=(until, until))
+    except FileNotFoundError:
+        write_atomically(expires, b"", mode=0o600, mtime_ns=until)
+
+
+def refresh_passthrough_window(argv0, policy):
+    """After a create, which refuses a config file it does not trust: when
+    the passthrough record was made from this file as it is (its path, its
+    modification time), let it stand PASSTHROUGH_WINDOW seconds more, so
+    that the calls that follow a create (start, delete) skip Python. Best
+    effort."""
+    st = policy.config_stat
+    if st is None or posix.geteuid() != 0:
+        return
+    record, expires = passthrough_paths((argv0 or "").rpartition("/")[2])
+    try:
+        fd = posix.open(record, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+        try:
+            record_st, data = posix.fstat(fd), posix.read(fd, 8192)
+        finally:
+            posix.close(fd)
+        if (record_st.st_mtime_ns == st.st_mtime_ns and record_st.st_uid == 0
+                and data.split(b"\n")[1:2] == [policy.config_path.encode("utf-8", "surrogateescape")]):
+            open_passthrough_window(expires)
+    except (OSError, InterceptorError):
+        pass
 
 
 # [on-demand: records-gc]
@@ -5860,18 +5908,31 @@ def runtime_of_root(root):
     return None
 
 
-def _forget_passthrough_records():
+def _forget_passthrough_records(record):
+    """Remove the passthrough records that would send a call naming this
+    container elsewhere than its record says (another runtime, or no
+    systemd mode), with their expires files."""
     directory = state_dir()
     try:
         names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if name.startswith("passthrough-"):
+        if not name.startswith("passthrough-") or _TEMP_MARK in name:
+            continue
+        agrees = False
+        if not record.systemd:
             try:
-                os.unlink(directory + "/" + name)
-            except OSError:
+                lines = read_config(directory + "/" + name)[0].decode("utf-8", "surrogateescape").split("\n")
+                agrees = len(lines) > 2 and find_runtime(lines[2]) == record.runtime
+            except InterceptorError:
                 pass
+        if not agrees:
+            for path in (name, "expires-" + name[len("passthrough-"):]):
+                try:
+                    os.unlink(directory + "/" + path)
+                except OSError:
+                    pass
 
 
 def records_agree(runtime):
@@ -6693,21 +6754,27 @@ def unregister_docker(name, daemon_json):
 # [on-demand: lifecycle]
 def remember_passthrough(argv0, opts, call, policy):
     """As root, record in STATE_DIR what this call, which edits nothing, made
-    of the config file, with the identity (device, inode, size, times, owner,
-    mode) of the file as it was read -- the stat of the descriptor the policy
-    came from -- and of its directory as it was before the file was opened.
-    Nothing is recorded unless both still are exactly that: a rename or an
-    edit in between would pair another file with this file's decision. The
-    owner, group and mode of each directory above go with them (the file's
-    trust rests on those too). While all that stays unchanged, the .pyz's
-    shell preamble execs that runtime for
-    such calls without starting Python; any change to the file, its
-    directory, the program's version or name sends the call here again.
-    Flags that only matter to create (passthrough "ignored": the policy of
-    Docker's runtimeArgs, say) change nothing such a call does, so the
-    record holds for calls with them too; a call with any other flag of
-    ours records nothing. Best effort: a failure here never fails the
-    call."""
+    of the config file: the runtime to exec, as passthrough-NAME, whose
+    modification time is set to the file's as it was read (the stat of the
+    descriptor the policy came from). The .pyz's shell preamble then execs
+    that runtime for such calls without starting Python while the file and
+    its directory are root's, the file's modification time is the record's
+    (an edit sets it to the time of the edit) and the trust window lasts
+    (expires-NAME: PASSTHROUGH_WINDOW seconds from here or from a create).
+    What the shell cannot see without a process (a mode, a directory above,
+    an edit that kept the modification time) is checked here again when
+    the window ends.
+
+    Nothing is recorded unless the file, and its directory, still are
+    exactly as they were when the file was read (a rename or an edit in
+    between would pair another file with this file's decision), or when
+    the file's modification time is in the current second: a shell that
+    compares whole seconds (bash before 5) would then miss an edit made
+    in that second. Flags that only matter to create (passthrough
+    "ignored": the policy of Docker's runtimeArgs, say) change nothing such
+    a call does, so the record holds for calls with them too; a call with
+    any other flag of ours records nothing. Best effort: a failure here
+    never fails the call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
     if (posix.geteuid() != 0 or not path or not path.startswith("/") or path_normpath(path) != path
@@ -6719,41 +6786,30 @@ def remember_passthrough(argv0, opts, call, policy):
             or not name or debug_file_stem(name, "") != name or len(name) > 128
             or policy.config_stat is None or policy.config_dir_stat is None):
         return
-    state_dir = getenv(STATE_DIR_ENV) or STATE_DIR
+    import time
     try:
-        signature = _stat_signature(policy.config_stat)
-        if _stat_signature(posix.lstat(path)) != signature:
-            return          # a symlink (the preamble could not check its target), or changed since
-        directory = path.rpartition("/")[0] or "/"
-        dir_signature = _stat_signature(policy.config_dir_stat)
-        if _stat_signature(posix.stat(directory)) != dir_signature:
+        st = policy.config_stat
+        if _identity(posix.lstat(path)) != _identity(st):
+            return          # a symlink, or changed since it was read
+        if _identity(posix.stat(path.rpartition("/")[0] or "/")) != _identity(policy.config_dir_stat):
             return          # changed while the file was read (a rename over it, perhaps)
-        # Owner, group and mode of each directory above (as `stat -c %u:%g:%a`
-        # prints them), taken before the file's trust is checked again: a
-        # change after that differs from the record.
-        # A symlink on the way would lead the trust check to directories the
-        # preamble does not stat: no record then.
-        above, up = [], directory
-        if posix.lstat(directory).st_mode & _S_IFMT == _S_IFLNK:
+        # A later edit's time is at least now, less the kernel's coarse
+        # clock's lag: in a later whole second than this file's.
+        if st.st_mtime_ns // 10 ** 9 >= int(time.time() - 0.1):
             return
-        while up != "/":
-            up = up.rpartition("/")[0] or "/"
-            st = posix.lstat(up)
-            if st.st_mode & _S_IFMT == _S_IFLNK or len(above) == PASSTHROUGH_MAX_ABOVE:
-                return
-            above.append(" %d:%d:%o" % (st.st_uid, st.st_gid, st.st_mode & 0o7777))
-        if _untrusted_step(path, policy.config_stat) is not None:
+        if _untrusted_step(path, st) is not None:
             return
-        content = "%s %s\n%s\n%s\n%s\n%s\n%s\n" % (
-            PASSTHROUGH_MAGIC, __version__, path, signature, dir_signature, policy.runtime_path, "".join(above))
+        content = ("%s %s\n%s\n%s\n" % (PASSTHROUGH_MAGIC, __version__, path, policy.runtime_path)
+                   ).encode("utf-8", "surrogateescape")
+        state = state_dir()
         try:
-            posix.mkdir(state_dir, 0o700)
+            posix.mkdir(state, 0o700)
         except FileExistsError:
             pass
-        dst = posix.lstat(state_dir)
+        dst = posix.lstat(state)
         if (dst.st_mode & _S_IFMT) != _S_IFDIR or dst.st_uid != 0 or dst.st_mode & 0o7777 != 0o700:
             return
-        target = "%s/passthrough-%s" % (state_dir, name)
+        record, expires = passthrough_paths(name)
         # Calls that name a container must reach the runtime its record names.
         try:
             runtime = find_runtime(policy.runtime_path)
@@ -6762,22 +6818,24 @@ def remember_passthrough(argv0, opts, call, policy):
         if not records_agree(runtime):
             return
         try:
-            if read_config(target)[0] == content.encode("utf-8", "surrogateescape"):
-                return
+            data, record_st = read_config(record)
+            current = (data == content and record_st.st_mtime_ns == st.st_mtime_ns
+                       and record_st.st_uid == 0 and record_st.st_mode & 0o7777 == 0o600)
         except ReadError:
-            pass
-        write_atomically(target, content.encode("utf-8", "surrogateescape"), mode=0o600)
+            current = False
+        if not current:
+            write_atomically(record, content, mode=0o600, mtime_ns=st.st_mtime_ns)
         if not records_agree(runtime):      # a create recorded another runtime meanwhile
-            os.unlink(target)
+            posix.unlink(record)
+            return
+        open_passthrough_window(expires)
     except (OSError, InterceptorError):
         pass
 
 
-def _stat_signature(st):
-    """What `stat -c '%d:%i:%s:%.9Y:%.9Z:%u:%g:%a'` prints for a file."""
-    return "%d:%d:%d:%d.%09d:%d.%09d:%d:%d:%o" % (
-        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns // 10 ** 9, st.st_mtime_ns % 10 ** 9,
-        st.st_ctime_ns // 10 ** 9, st.st_ctime_ns % 10 ** 9, st.st_uid, st.st_gid, st.st_mode & 0o7777)
+def _identity(st):
+    """What tells a file from another, or from itself before a change."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_mode)
 # [end on-demand: lifecycle]
 
 
@@ -6963,6 +7021,7 @@ def run(argv0, args):
                 sys.stdout.write(dry_run_report(call, policy, runtime, runtime_args))
                 return 0
             runtime = create_container(call, opts, policy)
+            refresh_passthrough_window(argv0, policy)
         else:
             runtime, runtime_args, status = lifecycle_call(argv0, opts, call, runtime_args, flag_error)
             if status is not None:

@@ -4,6 +4,7 @@ outcome (exit status, stdout, stderr, the runtime's arguments), and the
 calls that need no edit must really skip Python."""
 
 import os
+import pathlib
 import shutil
 import stat
 import subprocess
@@ -217,8 +218,22 @@ def named(archives, tmp_path):
     config = etc / "config.json"
     config.write_text('{"version": 1, "runtime-path": "other-rt", "readonly-networking-mounts": true}')
     config.chmod(0o644)
+    age(config)
     state = tmp_path / "state"
     return links, str(config), str(state)
+
+
+def age(path, seconds=60):
+    """Date a file back: no record is made from a file modified in the
+    current second (a shell comparing whole seconds would miss an edit in
+    it)."""
+    then = time.time() - seconds
+    os.utime(str(path), (then, then))
+
+
+def end_window(state):
+    """As if PASSTHROUGH_WINDOW seconds had gone by since Python's last check."""
+    os.utime(os.path.join(state, "expires-oi"), (1000000000, 1000000000))
 
 
 def run_named(link, args, runtimes, tmp_path, config, state):
@@ -255,73 +270,128 @@ def test_a_call_through_python_lets_later_calls_skip_it_while_the_config_is_unch
         assert run_named(links["fast_only"], args, runtimes, tmp_path, config, state)[0] == 127, args
 
 
-def _changes(config, state):
-    record = os.path.join(state, "passthrough-oi")
+def _edit(path, index, text):
+    with open(path) as f:
+        lines = f.read().split("\n")
+    lines[index] = text
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
 
-    def touch():
-        os.utime(config)
 
-    def rewrite_same_size():
-        with open(config) as f:
-            text = f.read()
-        with open(config, "w") as f:
-            f.write(text.replace("other-rt", "other-rx"))
+def _rewrite(config, old, new):
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(text.replace(old, new))
 
-    def chmod():
-        os.chmod(config, 0o664)
 
-    def replace_by_rename():
-        with open(config + ".new", "w") as f:
-            f.write('{"version": 1}')
-        os.chmod(config + ".new", 0o644)
-        os.rename(config + ".new", config)
+# Seen by the shell at once: whatever changes the file's modification time
+# (an edit, a rename over it) or the record's, or a new owner.
+SEEN_AT_ONCE = {
+    "touch": lambda config, state: os.utime(config),
+    "rewrite-same-size": lambda config, state: _rewrite(config, "other-rt", "other-rx"),
+    "replace-by-rename": lambda config, state: _replace(pathlib.Path(config), '{"version": 1}'),
+    "chown": lambda config, state: os.chown(config, 1, -1),
+    "directory-chown": lambda config, state: os.chown(os.path.dirname(config), 1, -1),
+    "record-version": lambda config, state: _edit(os.path.join(state, "passthrough-oi"), 0,
+                                                  "oci-interceptor-passthrough 0.0.1"),
+    "record-other-config": lambda config, state: _edit(os.path.join(state, "passthrough-oi"), 1,
+                                                       "/elsewhere/config.json"),
+    "record-gone": lambda config, state: os.unlink(os.path.join(state, "passthrough-oi")),
+    "expires-gone": lambda config, state: os.unlink(os.path.join(state, "expires-oi")),
+}
 
-    def sibling_written():
-        with open(os.path.join(os.path.dirname(config), "other"), "w") as f:
-            f.write("x")
 
-    def record_mode():
-        os.chmod(record, 0o644)
+def _rewrite_keeping_the_time(config, state):
+    info = os.stat(config)
+    _rewrite(config, "other-rt", "runc")
+    os.utime(config, ns=(info.st_atime_ns, info.st_mtime_ns))
 
-    def state_mode():
-        os.chmod(state, 0o755)
 
-    def record_line(index, text):
-        with open(record) as f:
-            lines = f.read().split("\n")
-        lines[index] = text
-        with open(record, "w") as f:
-            f.write("\n".join(lines))
-
-    def record_version():
-        record_line(0, "oci-interceptor-passthrough 0.0.1")
-
-    def record_other_config():
-        record_line(1, "/elsewhere/config.json")
-
-    def directory_above_writable():
-        # Python no longer trusts the file: it warns and runs the command line's runtime.
-        os.chmod(os.path.dirname(os.path.dirname(config)), 0o777)
-    return [touch, rewrite_same_size, chmod, replace_by_rename, sibling_written, record_mode, state_mode,
-            record_version, record_other_config, directory_above_writable]
+# Seen when the trust window ends, by Python: what the shell could only see
+# by running a process (modes, the directories above, an edit that kept
+# the file's time). Until then it serves what the file said while trusted.
+SEEN_AFTER_THE_WINDOW = {
+    "chmod": lambda config, state: os.chmod(config, 0o664),
+    "directory-above-writable": lambda config, state: os.chmod(os.path.dirname(os.path.dirname(config)), 0o777),
+    "rewrite-keeping-the-time": _rewrite_keeping_the_time,
+    "state-dir-mode": lambda config, state: os.chmod(state, 0o755),
+}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
-@pytest.mark.parametrize("change", range(10), ids=["touch", "rewrite-same-size", "chmod", "replace-by-rename",
-                                                    "sibling-written", "record-mode", "state-dir-mode",
-                                                    "record-version", "record-other-config",
-                                                    "directory-above-writable"])
-def test_any_change_sends_the_call_to_python_again(named, runtimes, tmp_path, change):
+@pytest.mark.parametrize("change", sorted(SEEN_AT_ONCE))
+def test_any_change_the_shell_can_see_sends_the_call_to_python_at_once(named, runtimes, tmp_path, change):
     links, config, state = named
     call = ["state", "x"]
     run_named(links["slow"], call, runtimes, tmp_path, config, state)
     assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == 7
     time.sleep(0.01)
-    _changes(config, state)[change]()
+    SEEN_AT_ONCE[change](config, state)
     assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == 127
     # And both paths agree on what the changed configuration means.
     assert (run_named(links["fast"], call, runtimes, tmp_path, config, state)
             == run_named(links["slow"], call, runtimes, tmp_path, config, state))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+@pytest.mark.parametrize("change", sorted(SEEN_AFTER_THE_WINDOW))
+def test_other_changes_send_the_call_to_python_when_the_window_ends(named, runtimes, tmp_path, change):
+    links, config, state = named
+    call = ["state", "x"]
+    first = run_named(links["slow"], call, runtimes, tmp_path, config, state)
+    time.sleep(0.01)
+    SEEN_AFTER_THE_WINDOW[change](config, state)
+    # Until then, the shell serves what the file said when Python last trusted it.
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state) == first
+    end_window(state)
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == 127
+    assert (run_named(links["fast"], call, runtimes, tmp_path, config, state)
+            == run_named(links["slow"], call, runtimes, tmp_path, config, state))
+    # Python opened no new window on a file, or a state directory, it does not trust.
+    assert run_named(links["fast_only"], call, runtimes, tmp_path, config, state)[0] == (
+        7 if change == "rewrite-keeping-the-time" else 127)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_a_write_beside_the_file_changes_nothing(named, runtimes, tmp_path):
+    links, config, state = named
+    first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state)
+    with open(os.path.join(os.path.dirname(config), "other"), "w") as f:
+        f.write("x")
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state) == first
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_the_window_opens_again_at_each_check(named, runtimes, tmp_path):
+    """Python opens the window PASSTHROUGH_WINDOW seconds long at each call
+    it checks the file for, and so does a create made with that very file
+    (it refuses a file it does not trust); a create with another file does
+    not."""
+    links, config, state = named
+    expires = os.path.join(state, "expires-oi")
+    before = time.time()
+    first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state)
+    assert before + oi.PASSTHROUGH_WINDOW <= os.stat(expires).st_mtime <= time.time() + oi.PASSTHROUGH_WINDOW
+    end_window(state)
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
+    assert run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state) == first
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state) == first
+    # A create with this file opens it too.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"process": {"env": []}, "mounts": []}')
+    end_window(state)
+    create = ["create", "--bundle", str(bundle), "c"]
+    assert run_named(links["slow"], create, runtimes, tmp_path, config, state)[0] == 7
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state) == first
+    # A create with another file (or this one changed) does not.
+    other = tmp_path / "etc" / "other.json"
+    other.write_text(pathlib.Path(config).read_text())
+    other.chmod(0o644)
+    end_window(state)
+    assert run_named(links["slow"], create, runtimes, tmp_path, str(other), state)[0] == 7
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
@@ -354,32 +424,23 @@ def test_no_record_for_a_symlinked_config_or_with_flags(named, runtimes, tmp_pat
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
-def test_no_record_through_a_symlinked_directory_or_for_a_config_too_deep(named, runtimes, tmp_path):
-    """Python's trust check follows a symlink on the way to the config file,
-    where the preamble's stat would not; and the preamble stats each
-    directory above on every call."""
+def test_a_config_through_a_symlinked_directory_is_followed_by_both(named, runtimes, tmp_path):
+    """The shell's tests follow a symlinked directory as Python's trust
+    check does: repointing it to another copy of the file sends the call to
+    Python."""
     links, config, state = named
-    real = tmp_path / "real"
-    (real / "sub").mkdir(parents=True)
-    shutil.copy(config, str(real / "sub" / "config.json"))
-    (tmp_path / "link").symlink_to(real)
-    # A directory of N components has N directories above it.
-    levels = oi.PASSTHROUGH_MAX_ABOVE + 1 - (len(tmp_path.parts) - 1)
-    deep = tmp_path / "/".join("d" for _ in range(levels))
-    deep.mkdir(parents=True)
-    shutil.copy(config, str(deep / "config.json"))
-    for path in (tmp_path / "link" / "sub" / "config.json", deep / "config.json"):
-        os.chmod(str(path), 0o644)
-        first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(path), state)
-        assert first[0] == 7 and not os.path.exists(os.path.join(state, "passthrough-oi")), path
-        assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, str(path), state)[0] == 127
-    # One level less deep (PASSTHROUGH_MAX_ABOVE above): recorded, and served by the shell.
-    shallow = deep.parent / "config.json"
-    shutil.copy(config, str(shallow))
-    os.chmod(str(shallow), 0o644)
-    run_named(links["slow"], ["state", "x"], runtimes, tmp_path, str(shallow), state)
-    assert os.path.exists(os.path.join(state, "passthrough-oi"))
-    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, str(shallow), state)[0] == 7
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(config, str(tmp_path / name / "config.json"))
+        os.chmod(str(tmp_path / name / "config.json"), 0o644)
+        age(tmp_path / name / "config.json", 60 if name == "a" else 30)
+    (tmp_path / "link").symlink_to("a")
+    path = str(tmp_path / "link" / "config.json")
+    first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, path, state)
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, path, state) == first
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("b")
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, path, state)[0] == 127
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
@@ -413,6 +474,7 @@ def _policy_and_record(tmp_path, monkeypatch, during_read=None):
     config = etc / "config.json"
     config.write_text('{"version": 1, "runtime-path": "runtime-a"}')
     config.chmod(0o644)
+    age(config)
     state = tmp_path / "state"
     monkeypatch.setenv("OCI_INTERCEPTOR_CONFIG", str(config))
     monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
@@ -434,10 +496,6 @@ def _policy_and_record(tmp_path, monkeypatch, during_read=None):
     return policy, (record.read_text().split("\n") if record.exists() else None)
 
 
-def _signature(path):
-    return oi._stat_signature(os.lstat(str(path)))
-
-
 def _replace(config, text, mtime=None):
     new = config.parent / "config.json.new"
     new.write_text(text)
@@ -448,19 +506,44 @@ def _replace(config, text, mtime=None):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
-def test_the_record_carries_the_stat_of_the_descriptor_read_and_of_the_directory_before(tmp_path, monkeypatch):
+def test_the_record_carries_the_time_of_the_file_read_and_opens_a_window(tmp_path, monkeypatch):
+    before = time.time()
     policy, record = _policy_and_record(tmp_path, monkeypatch)
     config = tmp_path / "etc" / "config.json"
+    state = tmp_path / "state"
     assert policy.runtime_path == "runtime-a"
-    assert record[1:5] == [str(config), _signature(config), _signature(config.parent), "runtime-a"]
-    above = []
-    directory = str(config.parent)
-    while directory != "/":
-        directory = os.path.dirname(directory)
-        info = os.lstat(directory)
-        above.append(" %d:%d:%o" % (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)))
-    assert record[5] == "".join(above) and record[6:] == [""]
-    assert oi._stat_signature(policy.config_stat) == _signature(config)
+    assert record == ["oci-interceptor-passthrough " + oi.__version__, str(config), "runtime-a", ""]
+    info = os.stat(str(state / "passthrough-oi"))
+    assert info.st_mtime_ns == policy.config_stat.st_mtime_ns == os.stat(str(config)).st_mtime_ns
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
+    expires = os.stat(str(state / "expires-oi"))
+    assert before + oi.PASSTHROUGH_WINDOW <= expires.st_mtime <= time.time() + oi.PASSTHROUGH_WINDOW
+    assert (stat.S_IMODE(expires.st_mode), expires.st_uid) == (0o600, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_no_record_of_a_file_modified_in_the_current_second(tmp_path, monkeypatch):
+    # A shell that compares whole seconds (bash before 5) would not see an
+    # edit later in that second.
+    def fresh(moment, config):
+        if moment == "before":
+            os.utime(str(config))
+    policy, record = _policy_and_record(tmp_path, monkeypatch, fresh)
+    assert policy.runtime_path == "runtime-a" and record is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_a_record_that_is_not_as_written_is_written_again(tmp_path, monkeypatch):
+    """Python checks the record too: a record whose mode was changed, or
+    that holds other lines, is replaced."""
+    policy, lines = _policy_and_record(tmp_path, monkeypatch)
+    record = tmp_path / "state" / "passthrough-oi"
+    opts, runtime_args = oi.split_command_line(["state", "x"])
+    for spoil in (lambda: record.chmod(0o644), lambda: record.write_text("\n".join(lines[:2] + ["runtime-b", ""]))):
+        spoil()
+        os.utime(str(record), ns=(policy.config_stat.st_mtime_ns, policy.config_stat.st_mtime_ns))
+        oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
+        assert stat.S_IMODE(os.stat(str(record)).st_mode) == 0o600 and record.read_text().split("\n") == lines
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")

@@ -11,6 +11,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -737,6 +738,7 @@ def test_lifecycle_calls_under_a_guardrail_policy_keep_the_fast_path(pyz, fake, 
     config = write_json(tmp_path / "policy.json", {"version": 1, "runtime-path": fake.runtime, "audit-log": "audit.log",
                                                    "rules": [{"preset": "baseline"},
                                                              {"name": "x", "when": {"privileged": True}, "deny": "no"}]})
+    os.utime(config, (time.time() - 60,) * 2)       # none is made from a file modified this second
     state = tmp_path / "state"
     result = run([pyz], ["--root", "/r", "state", "c"], fake,
                  env={"OCI_INTERCEPTOR_CONFIG": config, "OCI_INTERCEPTOR_STATE_DIR": str(state)})

@@ -112,6 +112,21 @@ def test_records_agree_only_when_every_container_uses_the_plain_runtime(state):
     assert not oi.records_agree("/usr/sbin/runc") and not oi.records_agree("/usr/bin/crun") is True
 
 
+def test_a_record_removes_only_the_passthrough_records_that_disagree_with_it(state):
+    """A passthrough record sends every call naming a container to its
+    runtime; it goes with its expires file once a container is recorded
+    with another runtime or in systemd mode."""
+    true = oi.find_runtime("true")
+    state.mkdir(mode=0o700)
+    for name, runtime in (("a", true), ("b", oi.find_runtime("false")), ("c", "true")):
+        (state / ("passthrough-" + name)).write_text("oci-interceptor-passthrough 0\n/etc/x.json\n%s\n" % runtime)
+        (state / ("expires-" + name)).write_text("")
+    oi.write_record("/r", "x", oi.ContainerRecord(true))
+    assert sorted(os.listdir(str(state))) == ["containers", "expires-a", "expires-c", "passthrough-a", "passthrough-c"]
+    oi.write_record("/r", "x", oi.ContainerRecord(true, systemd=True))
+    assert os.listdir(str(state)) == ["containers"]
+
+
 # --- real runtimes ---------------------------------------------------------------------------
 
 def write_policy(path, data):
