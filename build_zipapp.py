@@ -142,21 +142,29 @@ if [ -n "$oi_cfg" ]; then
     # A config file: only what Python recorded of it (as root, while the
     # file and its directory stay root's, the file keeps the modification
     # time the record was given, and the record's trust window lasts; see
-    # remember_passthrough) lets a call by. Tests only, no process: the
-    # window ends when its expires file is no newer than /proc/self, which
-    # is as old as this process.
+    # remember_passthrough) lets a call by. Shell tests and reads only, no
+    # process: the window ends at the whole second of /proc/uptime that
+    # the expires file holds.
     oi_slow=1 oi_name=${{0##*/}} oi_state=${{{state_dir_env}:-{state_dir}}}
     case $oi_cfg:$oi_name in
       /*:*[!A-Za-z0-9._-]*|/*:.*|/*:|[!/]*) ;;
       *) oi_cache=$oi_state/passthrough-$oi_name oi_until=$oi_state/expires-$oi_name oi_d=${{oi_cfg%/*}}
          [ -n "$oi_d" ] || oi_d=/
-         if [ -f "$oi_cache" ] && [ -O "$oi_cache" ] && [ -O "$oi_state" ] &&
+         oi_now= oi_end=
+         if [ -O "$oi_state" ] && ! [ -L "$oi_state" ] &&
+            [ -f "$oi_cache" ] && ! [ -L "$oi_cache" ] && [ -O "$oi_cache" ] &&
+            [ -f "$oi_until" ] && ! [ -L "$oi_until" ] && [ -O "$oi_until" ] &&
             [ -f "$oi_cfg" ] && [ -O "$oi_cfg" ] && [ -O "$oi_d" ] &&
             ! [ "$oi_cfg" -nt "$oi_cache" ] && ! [ "$oi_cache" -nt "$oi_cfg" ] &&
-            [ -f "$oi_until" ] && [ -O "$oi_until" ] && [ -d /proc/self ] && [ "$oi_until" -nt /proc/self ]; then
-           {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; }} < "$oi_cache"
-           if [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ -n "$oi_l3" ]; then
-             oi_slow= oi_cached=1 oi_runtime=$oi_l3
+            {{ read -r oi_now oi_x; }} 2>/dev/null </proc/uptime && read -r oi_end <"$oi_until"; then
+           oi_now=${{oi_now%%.*}}
+           case $oi_now in ''|*[!0-9]*|???????????*) oi_now= ;; esac
+           case $oi_end in ''|*[!0-9]*|???????????*) oi_end= ;; esac
+           if [ -n "$oi_now" ] && [ -n "$oi_end" ] && [ "$oi_now" -lt "$oi_end" ]; then
+             {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; }} <"$oi_cache"
+             if [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ -n "$oi_l3" ]; then
+               oi_slow= oi_cached=1 oi_runtime=$oi_l3
+             fi
            fi
          fi ;;
     esac

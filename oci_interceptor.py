@@ -20,7 +20,8 @@ The file reads top to bottom like the call it handles:
   5a. Devices (CDI)  spec files read when a device is asked for; their edits
   6. JSON            raw parsing and writing, equality, pointers
   7. Bundle I/O      read, edit, write atomically
-  8. Records         which runtime (and mode) each container was created with
+  8. Records         which runtime (and mode) each container was created with;
+                     the trust window of the shell's passthrough records
   9. Reporting       errors to stderr and the runtime's --log; debug output;
                      the audit log
  10. Exec and main   lifecycle calls, dry run, config check, exec
@@ -5842,31 +5843,59 @@ def write_record(root, container_id, record):
 
 # Passthrough records (remember_passthrough, section 10) let the shell
 # preamble serve calls that edit nothing. Each stands on the config file's
-# trust as Python last checked it, for PASSTHROUGH_WINDOW seconds: the
-# modification time of its expires-NAME file says until when.
+# trust as Python last checked it, for PASSTHROUGH_WINDOW seconds: its
+# expires-NAME file holds until when, in whole seconds of /proc/uptime (the
+# boot-time clock, which no setting of the date moves), which the shell
+# reads without a process.
 
 def passthrough_paths(name):
     """The record of program name NAME, and its expires file."""
     return "%s/passthrough-%s" % (state_dir(), name), "%s/expires-%s" % (state_dir(), name)
 
 
-def open_passthrough_window(expires):
-    """The config file's trust was just checked: the record stands
-    PASSTHROUGH_WINDOW seconds more."""
-    import time
-    until = int((time.time() + PASSTHROUGH_WINDOW) * 10 ** 9)
+def _uptime():
+    """Whole seconds of /proc/uptime, or None."""
     try:
-        posix.utime(expires, ns=(until, until))
-    except FileNotFoundError:
-        write_atomically(expires, b"", mode=0o600, mtime_ns=until)
+        fd = posix.open("/proc/uptime", posix.O_RDONLY | posix.O_CLOEXEC)
+        try:
+            return int(posix.read(fd, 64).split(b".")[0])
+        finally:
+            posix.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
+def open_passthrough_window(expires):
+    """The config file's trust was just checked: its record stands
+    PASSTHROUGH_WINDOW seconds more (the shell reads the file as it is
+    rewritten in place: a partly written number is smaller, so the window
+    is shut, never longer)."""
+    now = _uptime()
+    if now is None or not _trusted_record_dir(state_dir()):
+        return
+    fd = posix.open(expires, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC,
+                    0o600)
+    try:
+        if posix.fstat(fd).st_uid == 0:
+            posix.fchmod(fd, 0o600)
+            posix.write(fd, b"%d\n" % (now + PASSTHROUGH_WINDOW))
+    finally:
+        posix.close(fd)
+
+
+def passthrough_identity(st):
+    """The record's last line, which only Python reads: what tells the file
+    it was made from from any other, or from itself after a change."""
+    return "%d:%d:%d:%d:%d:%d:%d:%o" % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                        st.st_uid, st.st_gid, st.st_mode)
 
 
 def refresh_passthrough_window(argv0, policy):
     """After a create, which refuses a config file it does not trust: when
-    the passthrough record was made from this file as it is (its path, its
-    modification time), let it stand PASSTHROUGH_WINDOW seconds more, so
-    that the calls that follow a create (start, delete) skip Python. Best
-    effort."""
+    the passthrough record was made from this very file, unchanged since
+    (the same identity, its change time included), let it stand
+    PASSTHROUGH_WINDOW seconds more, so that the calls that follow a create
+    (start, delete) skip Python. Best effort."""
     st = policy.config_stat
     if st is None or posix.geteuid() != 0:
         return
@@ -5877,10 +5906,13 @@ def refresh_passthrough_window(argv0, policy):
             record_st, data = posix.fstat(fd), posix.read(fd, 8192)
         finally:
             posix.close(fd)
-        if (record_st.st_mtime_ns == st.st_mtime_ns and record_st.st_uid == 0
-                and data.split(b"\n")[1:2] == [policy.config_path.encode("utf-8", "surrogateescape")]):
+        identity = passthrough_identity(st)
+        lines = data.decode("utf-8", "surrogateescape").split("\n")
+        if (record_st.st_uid == 0 and len(lines) == 5
+                and lines[0] == "%s %s" % (PASSTHROUGH_MAGIC, __version__) and lines[1] == policy.config_path
+                and lines[3] == identity and passthrough_identity(posix.lstat(policy.config_path)) == identity):
             open_passthrough_window(expires)
-    except (OSError, InterceptorError):
+    except OSError:
         pass
 
 
@@ -6756,21 +6788,23 @@ def remember_passthrough(argv0, opts, call, policy):
     """As root, record in STATE_DIR what this call, which edits nothing, made
     of the config file: the runtime to exec, as passthrough-NAME, whose
     modification time is set to the file's as it was read (the stat of the
-    descriptor the policy came from). The .pyz's shell preamble then execs
+    descriptor the policy came from), and whose last line, for Python
+    alone, is that stat's identity. The .pyz's shell preamble then execs
     that runtime for such calls without starting Python while the file and
     its directory are root's, the file's modification time is the record's
     (an edit sets it to the time of the edit) and the trust window lasts
-    (expires-NAME: PASSTHROUGH_WINDOW seconds from here or from a create).
-    What the shell cannot see without a process (a mode, a directory above,
-    an edit that kept the modification time) is checked here again when
-    the window ends.
+    (expires-NAME: PASSTHROUGH_WINDOW seconds from here, or from a create
+    with the file unchanged). What the shell cannot see without a process
+    (a mode, a directory above, a file that came with the same
+    modification time) is checked here again when the window ends.
 
     Nothing is recorded unless the file, and its directory, still are
     exactly as they were when the file was read (a rename or an edit in
     between would pair another file with this file's decision), or when
     the file's modification time is in the current second: a shell that
-    compares whole seconds (bash before 5) would then miss an edit made
-    in that second. Flags that only matter to create (passthrough
+    compares whole seconds (bash before 5, busybox) would then miss an
+    edit made in that second (this takes times from this machine's clock,
+    as local file systems do; the window bounds any other case). Flags that only matter to create (passthrough
     "ignored": the policy of Docker's runtimeArgs, say) change nothing such
     a call does, so the record holds for calls with them too; a call with
     any other flag of ours records nothing. Best effort: a failure here
@@ -6787,19 +6821,23 @@ def remember_passthrough(argv0, opts, call, policy):
             or policy.config_stat is None or policy.config_dir_stat is None):
         return
     import time
+    # Taken before the file is checked again: an edit after that check has
+    # a time of at least this, less the kernel's coarse clock's lag, so in
+    # a later whole second than the file's (which the rule below requires).
+    now = time.time() - 0.1
     try:
         st = policy.config_stat
-        if _identity(posix.lstat(path)) != _identity(st):
+        identity = passthrough_identity(st)
+        if passthrough_identity(posix.lstat(path)) != identity:
             return          # a symlink, or changed since it was read
-        if _identity(posix.stat(path.rpartition("/")[0] or "/")) != _identity(policy.config_dir_stat):
+        if (passthrough_identity(posix.stat(path.rpartition("/")[0] or "/"))
+                != passthrough_identity(policy.config_dir_stat)):
             return          # changed while the file was read (a rename over it, perhaps)
-        # A later edit's time is at least now, less the kernel's coarse
-        # clock's lag: in a later whole second than this file's.
-        if st.st_mtime_ns // 10 ** 9 >= int(time.time() - 0.1):
+        if st.st_mtime_ns // 10 ** 9 >= int(now):
             return
         if _untrusted_step(path, st) is not None:
             return
-        content = ("%s %s\n%s\n%s\n" % (PASSTHROUGH_MAGIC, __version__, path, policy.runtime_path)
+        content = ("%s %s\n%s\n%s\n%s\n" % (PASSTHROUGH_MAGIC, __version__, path, policy.runtime_path, identity)
                    ).encode("utf-8", "surrogateescape")
         state = state_dir()
         try:
@@ -6831,11 +6869,6 @@ def remember_passthrough(argv0, opts, call, policy):
         open_passthrough_window(expires)
     except (OSError, InterceptorError):
         pass
-
-
-def _identity(st):
-    """What tells a file from another, or from itself before a change."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_mode)
 # [end on-demand: lifecycle]
 
 

@@ -231,9 +231,21 @@ def age(path, seconds=60):
     os.utime(str(path), (then, then))
 
 
+def uptime():
+    with open("/proc/uptime") as f:
+        return int(f.read().split(".")[0])
+
+
+def window_end(state):
+    """The second of /proc/uptime at which the record's trust window ends."""
+    with open(os.path.join(state, "expires-oi")) as f:
+        return int(f.read())
+
+
 def end_window(state):
     """As if PASSTHROUGH_WINDOW seconds had gone by since Python's last check."""
-    os.utime(os.path.join(state, "expires-oi"), (1000000000, 1000000000))
+    with open(os.path.join(state, "expires-oi"), "w") as f:
+        f.write("%d\n" % uptime())
 
 
 def run_named(link, args, runtimes, tmp_path, config, state):
@@ -299,12 +311,27 @@ SEEN_AT_ONCE = {
                                                        "/elsewhere/config.json"),
     "record-gone": lambda config, state: os.unlink(os.path.join(state, "passthrough-oi")),
     "expires-gone": lambda config, state: os.unlink(os.path.join(state, "expires-oi")),
+    "expires-symlink": lambda config, state: _symlink_to_copy(os.path.join(state, "expires-oi"), "99999999999\n"),
+    "record-symlink": lambda config, state: _symlink_to_copy(os.path.join(state, "passthrough-oi")),
 }
 
 
-def _rewrite_keeping_the_time(config, state):
+def _symlink_to_copy(path, text=None):
+    """Put in path's place a symlink to a root-owned copy (or file of text)."""
+    info = os.stat(path)
+    copy = path + ".copy"
+    shutil.copy2(path, copy)
+    if text is not None:
+        with open(copy, "w") as f:
+            f.write(text)
+    os.utime(copy, ns=(info.st_atime_ns, info.st_mtime_ns))
+    os.unlink(path)
+    os.symlink(copy, path)
+
+
+def _rewrite_keeping_the_time(config, state, old="other-rt", new="runc"):
     info = os.stat(config)
-    _rewrite(config, "other-rt", "runc")
+    _rewrite(config, old, new)
     os.utime(config, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
@@ -354,6 +381,27 @@ def test_other_changes_send_the_call_to_python_when_the_window_ends(named, runti
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_the_window_is_written_only_in_a_root_0700_state_directory_and_never_through_a_symlink(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    monkeypatch.setenv("OCI_INTERCEPTOR_STATE_DIR", str(state))
+    victim = tmp_path / "victim"
+    victim.write_text("1\n")
+    (state / "expires-oi").symlink_to(victim)
+    with pytest.raises(OSError):
+        oi.open_passthrough_window(str(state / "expires-oi"))
+    assert victim.read_text() == "1\n"
+    (state / "expires-oi").unlink()
+    state.chmod(0o755)
+    oi.open_passthrough_window(str(state / "expires-oi"))
+    assert not (state / "expires-oi").exists()
+    state.chmod(0o700)
+    before = uptime()
+    oi.open_passthrough_window(str(state / "expires-oi"))
+    assert before + oi.PASSTHROUGH_WINDOW <= window_end(str(state)) <= uptime() + oi.PASSTHROUGH_WINDOW
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
 def test_a_write_beside_the_file_changes_nothing(named, runtimes, tmp_path):
     links, config, state = named
     first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state)
@@ -369,10 +417,9 @@ def test_the_window_opens_again_at_each_check(named, runtimes, tmp_path):
     (it refuses a file it does not trust); a create with another file does
     not."""
     links, config, state = named
-    expires = os.path.join(state, "expires-oi")
-    before = time.time()
+    before = uptime()
     first = run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state)
-    assert before + oi.PASSTHROUGH_WINDOW <= os.stat(expires).st_mtime <= time.time() + oi.PASSTHROUGH_WINDOW
+    assert before + oi.PASSTHROUGH_WINDOW <= window_end(state) <= uptime() + oi.PASSTHROUGH_WINDOW
     end_window(state)
     assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
     assert run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state) == first
@@ -385,12 +432,25 @@ def test_the_window_opens_again_at_each_check(named, runtimes, tmp_path):
     create = ["create", "--bundle", str(bundle), "c"]
     assert run_named(links["slow"], create, runtimes, tmp_path, config, state)[0] == 7
     assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state) == first
-    # A create with another file (or this one changed) does not.
+    # A create with another file does not, nor one with this file changed in
+    # a way the shell does not see: the same modification time, other contents.
     other = tmp_path / "etc" / "other.json"
     other.write_text(pathlib.Path(config).read_text())
     other.chmod(0o644)
     end_window(state)
     assert run_named(links["slow"], create, runtimes, tmp_path, str(other), state)[0] == 7
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
+    _rewrite_keeping_the_time(config, state)
+    assert run_named(links["slow"], create, runtimes, tmp_path, config, state)[0] == 7
+    assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
+    # Nor one with a symlink put in its place, to a file of the same time and contents.
+    _rewrite_keeping_the_time(config, state, "runc", "other-rt")
+    assert run_named(links["slow"], ["state", "x"], runtimes, tmp_path, config, state) == first
+    shutil.copy2(config, str(tmp_path / "etc" / "copy.json"))
+    (tmp_path / "etc" / "link.json").symlink_to("copy.json")
+    os.rename(str(tmp_path / "etc" / "link.json"), config)
+    end_window(state)
+    assert run_named(links["slow"], create, runtimes, tmp_path, config, state)[0] == 7
     assert run_named(links["fast_only"], ["state", "x"], runtimes, tmp_path, config, state)[0] == 127
 
 
@@ -507,17 +567,19 @@ def _replace(config, text, mtime=None):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
 def test_the_record_carries_the_time_of_the_file_read_and_opens_a_window(tmp_path, monkeypatch):
-    before = time.time()
+    before = uptime()
     policy, record = _policy_and_record(tmp_path, monkeypatch)
     config = tmp_path / "etc" / "config.json"
     state = tmp_path / "state"
     assert policy.runtime_path == "runtime-a"
-    assert record == ["oci-interceptor-passthrough " + oi.__version__, str(config), "runtime-a", ""]
-    info = os.stat(str(state / "passthrough-oi"))
-    assert info.st_mtime_ns == policy.config_stat.st_mtime_ns == os.stat(str(config)).st_mtime_ns
-    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
+    info = os.lstat(str(config))
+    assert record == ["oci-interceptor-passthrough " + oi.__version__, str(config), "runtime-a", "%d:%d:%d:%d:%d:0:0:100644" % (
+        info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns), ""]
+    record_info = os.stat(str(state / "passthrough-oi"))
+    assert record_info.st_mtime_ns == policy.config_stat.st_mtime_ns == info.st_mtime_ns
+    assert (stat.S_IMODE(record_info.st_mode), record_info.st_uid) == (0o600, 0)
     expires = os.stat(str(state / "expires-oi"))
-    assert before + oi.PASSTHROUGH_WINDOW <= expires.st_mtime <= time.time() + oi.PASSTHROUGH_WINDOW
+    assert before + oi.PASSTHROUGH_WINDOW <= window_end(str(state)) <= uptime() + oi.PASSTHROUGH_WINDOW
     assert (stat.S_IMODE(expires.st_mode), expires.st_uid) == (0o600, 0)
 
 
@@ -539,7 +601,7 @@ def test_a_record_that_is_not_as_written_is_written_again(tmp_path, monkeypatch)
     policy, lines = _policy_and_record(tmp_path, monkeypatch)
     record = tmp_path / "state" / "passthrough-oi"
     opts, runtime_args = oi.split_command_line(["state", "x"])
-    for spoil in (lambda: record.chmod(0o644), lambda: record.write_text("\n".join(lines[:2] + ["runtime-b", ""]))):
+    for spoil in (lambda: record.chmod(0o644), lambda: record.write_text("\n".join(lines[:2] + ["runtime-b"] + lines[3:]))):
         spoil()
         os.utime(str(record), ns=(policy.config_stat.st_mtime_ns, policy.config_stat.st_mtime_ns))
         oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
