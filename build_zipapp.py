@@ -156,12 +156,16 @@ if [ -n "$oi_cfg" ]; then
             [ -f "$oi_until" ] && ! [ -L "$oi_until" ] && [ -O "$oi_until" ] &&
             [ -f "$oi_cfg" ] && [ -O "$oi_cfg" ] && [ -O "$oi_d" ] &&
             ! [ "$oi_cfg" -nt "$oi_cache" ] && ! [ "$oi_cache" -nt "$oi_cfg" ] &&
-            {{ read -r oi_now oi_x; }} 2>/dev/null </proc/uptime && read -r oi_end <"$oi_until"; then
+            {{ read -r oi_now oi_x; }} 2>/dev/null </proc/uptime && {{ read -r oi_end; }} 2>/dev/null <"$oi_until"; then
            oi_now=${{oi_now%%.*}}
            case $oi_now in ''|*[!0-9]*|???????????*) oi_now= ;; esac
            case $oi_end in ''|*[!0-9]*|???????????*) oi_end= ;; esac
-           if [ -n "$oi_now" ] && [ -n "$oi_end" ] && [ "$oi_now" -lt "$oi_end" ]; then
-             {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; }} <"$oi_cache"
+           # Open: before its end, which lies no more than the window's
+           # length ahead (a number from before a reboot, or from another
+           # boot-time clock, shuts it).
+           if [ -n "$oi_now" ] && [ -n "$oi_end" ] && [ "$oi_now" -lt "$oi_end" ] &&
+              [ "$oi_end" -le $((oi_now + {window})) ] &&
+              {{ IFS= read -r oi_l1; IFS= read -r oi_l2; IFS= read -r oi_l3; }} 2>/dev/null <"$oi_cache"; then
              if [ "$oi_l1" = "{magic}" ] && [ "$oi_l2" = "$oi_cfg" ] && [ -n "$oi_l3" ]; then
                oi_slow= oi_cached=1 oi_runtime=$oi_l3
              fi
@@ -274,7 +278,7 @@ def fast_path(module):
     return FAST_PATH.format(
         config_env=module.CONFIG_ENV, default_config=module.DEFAULT_CONFIG,
         state_dir_env=module.STATE_DIR_ENV, state_dir=module.STATE_DIR, records=module.RECORDS_SUBDIR,
-        magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__),
+        magic="%s %s" % (module.PASSTHROUGH_MAGIC, module.__version__), window=int(module.PASSTHROUGH_WINDOW),
         default_runtime=module.DEFAULT_RUNTIME, flag_cases="\n".join(flag_cases),
         drop_cases="\n".join(drop_cases), our_flags=our_flags,
         globals_value="|".join(globals_value), globals_flag="|".join(globals_flag),

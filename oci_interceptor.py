@@ -5865,22 +5865,31 @@ def _uptime():
         return None
 
 
-def open_passthrough_window(expires):
-    """The config file's trust was just checked: its record stands
-    PASSTHROUGH_WINDOW seconds more (the shell reads the file as it is
-    rewritten in place: a partly written number is smaller, so the window
-    is shut, never longer)."""
-    now = _uptime()
-    if now is None or not _trusted_record_dir(state_dir()):
+def open_passthrough_window(expires, since):
+    """The config file's trust was checked at `since` (whole seconds of
+    /proc/uptime): its record stands until PASSTHROUGH_WINDOW seconds
+    after. The shell reads the file as it is rewritten in place: a partly
+    written number is smaller, so the window is shut, never longer; and it
+    takes a number more than PASSTHROUGH_WINDOW seconds ahead of its own
+    clock (written before a reboot, or by a caller with another boot-time
+    clock) for a shut window too."""
+    if since is None or not _trusted_record_dir(state_dir()):
         return
     fd = posix.open(expires, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_NOFOLLOW | posix.O_CLOEXEC,
                     0o600)
     try:
         if posix.fstat(fd).st_uid == 0:
             posix.fchmod(fd, 0o600)
-            posix.write(fd, b"%d\n" % (now + PASSTHROUGH_WINDOW))
+            posix.write(fd, b"%d\n" % (since + PASSTHROUGH_WINDOW))
     finally:
         posix.close(fd)
+
+
+def passthrough_record(policy, identity):
+    """What a passthrough record of this policy holds: the program's
+    version, the config file, the runtime to exec, and the file's identity
+    (for Python alone)."""
+    return "%s %s\n%s\n%s\n%s\n" % (PASSTHROUGH_MAGIC, __version__, policy.config_path, policy.runtime_path, identity)
 
 
 def passthrough_identity(st):
@@ -5897,7 +5906,7 @@ def refresh_passthrough_window(argv0, policy):
     PASSTHROUGH_WINDOW seconds more, so that the calls that follow a create
     (start, delete) skip Python. Best effort."""
     st = policy.config_stat
-    if st is None or posix.geteuid() != 0:
+    if st is None or posix.geteuid() != 0 or policy.write_debug_output or policy.uses_systemd:
         return
     record, expires = passthrough_paths((argv0 or "").rpartition("/")[2])
     try:
@@ -5907,11 +5916,11 @@ def refresh_passthrough_window(argv0, policy):
         finally:
             posix.close(fd)
         identity = passthrough_identity(st)
-        lines = data.decode("utf-8", "surrogateescape").split("\n")
-        if (record_st.st_uid == 0 and len(lines) == 5
-                and lines[0] == "%s %s" % (PASSTHROUGH_MAGIC, __version__) and lines[1] == policy.config_path
-                and lines[3] == identity and passthrough_identity(posix.lstat(policy.config_path)) == identity):
-            open_passthrough_window(expires)
+        if (record_st.st_uid == 0 and data == passthrough_record(policy, identity).encode("utf-8", "surrogateescape")
+                and passthrough_identity(posix.lstat(policy.config_path)) == identity):
+            now = _uptime()
+            # The file's trust was checked when the create began, within a second.
+            open_passthrough_window(expires, None if now is None else now - 1)
     except OSError:
         pass
 
@@ -6784,7 +6793,7 @@ def unregister_docker(name, daemon_json):
 
 
 # [on-demand: lifecycle]
-def remember_passthrough(argv0, opts, call, policy):
+def remember_passthrough(argv0, opts, call, policy, clocks):
     """As root, record in STATE_DIR what this call, which edits nothing, made
     of the config file: the runtime to exec, as passthrough-NAME, whose
     modification time is set to the file's as it was read (the stat of the
@@ -6820,11 +6829,11 @@ def remember_passthrough(argv0, opts, call, policy):
             or not name or debug_file_stem(name, "") != name or len(name) > 128
             or policy.config_stat is None or policy.config_dir_stat is None):
         return
-    import time
-    # Taken before the file is checked again: an edit after that check has
-    # a time of at least this, less the kernel's coarse clock's lag, so in
-    # a later whole second than the file's (which the rule below requires).
-    now = time.time() - 0.1
+    # The clocks were read before the file was opened: an edit after that
+    # has a time of at least then, less the kernel's coarse clock's lag, so
+    # a later whole second than the file's (as the rule below requires),
+    # which even a file system of whole-second times tells apart.
+    now, since = clocks[0] - 0.1, clocks[1]
     try:
         st = policy.config_stat
         identity = passthrough_identity(st)
@@ -6837,8 +6846,7 @@ def remember_passthrough(argv0, opts, call, policy):
             return
         if _untrusted_step(path, st) is not None:
             return
-        content = ("%s %s\n%s\n%s\n%s\n" % (PASSTHROUGH_MAGIC, __version__, path, policy.runtime_path, identity)
-                   ).encode("utf-8", "surrogateescape")
+        content = passthrough_record(policy, identity).encode("utf-8", "surrogateescape")
         state = state_dir()
         try:
             posix.mkdir(state, 0o700)
@@ -6866,7 +6874,7 @@ def remember_passthrough(argv0, opts, call, policy):
         if not records_agree(runtime):      # a create recorded another runtime meanwhile
             posix.unlink(record)
             return
-        open_passthrough_window(expires)
+        open_passthrough_window(expires, since)
     except (OSError, InterceptorError):
         pass
 # [end on-demand: lifecycle]
@@ -7116,6 +7124,10 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     if flag_error is not None:
         report_warning("%s; %s goes to the runtime all the same" % (flag_error, call.command), call)
     record = read_record(call.root, call.container_id)
+    import time
+    # The clocks before the config file is opened and its trust checked:
+    # what a passthrough record of it may rest on (remember_passthrough).
+    clocks = time.time(), _uptime()
     policy = None
     try:
         policy = load_policy(opts, argv0, complete=False)
@@ -7149,7 +7161,7 @@ def lifecycle_call(argv0, opts, call, runtime_args, flag_error=None):
     if call.command == "delete" and record is not None:
         return runtime, runtime_args, delete_and_forget(call, runtime, runtime_args)
     if policy is not None and record is None and flag_error is None:
-        remember_passthrough(argv0, opts, call, policy)
+        remember_passthrough(argv0, opts, call, policy, clocks)
     return runtime, runtime_args, None
 # [end on-demand: lifecycle]
 

@@ -311,9 +311,16 @@ SEEN_AT_ONCE = {
                                                        "/elsewhere/config.json"),
     "record-gone": lambda config, state: os.unlink(os.path.join(state, "passthrough-oi")),
     "expires-gone": lambda config, state: os.unlink(os.path.join(state, "expires-oi")),
+    "expires-too-far-ahead": lambda config, state: _write(os.path.join(state, "expires-oi"),
+                                                          "%d\n" % (uptime() + oi.PASSTHROUGH_WINDOW + 2)),
     "expires-symlink": lambda config, state: _symlink_to_copy(os.path.join(state, "expires-oi"), "99999999999\n"),
     "record-symlink": lambda config, state: _symlink_to_copy(os.path.join(state, "passthrough-oi")),
 }
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _symlink_to_copy(path, text=None):
@@ -389,16 +396,15 @@ def test_the_window_is_written_only_in_a_root_0700_state_directory_and_never_thr
     victim.write_text("1\n")
     (state / "expires-oi").symlink_to(victim)
     with pytest.raises(OSError):
-        oi.open_passthrough_window(str(state / "expires-oi"))
+        oi.open_passthrough_window(str(state / "expires-oi"), uptime())
     assert victim.read_text() == "1\n"
     (state / "expires-oi").unlink()
     state.chmod(0o755)
-    oi.open_passthrough_window(str(state / "expires-oi"))
+    oi.open_passthrough_window(str(state / "expires-oi"), uptime())
     assert not (state / "expires-oi").exists()
     state.chmod(0o700)
-    before = uptime()
-    oi.open_passthrough_window(str(state / "expires-oi"))
-    assert before + oi.PASSTHROUGH_WINDOW <= window_end(str(state)) <= uptime() + oi.PASSTHROUGH_WINDOW
+    oi.open_passthrough_window(str(state / "expires-oi"), 1234)
+    assert window_end(str(state)) == 1234 + oi.PASSTHROUGH_WINDOW
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
@@ -549,9 +555,10 @@ def _policy_and_record(tmp_path, monkeypatch, during_read=None):
         return result
     monkeypatch.setattr(oi, "read_config", read_config)
     opts, runtime_args = oi.split_command_line(["state", "x"])
+    clocks = time.time(), oi._uptime()          # as lifecycle_call takes them, before the file is opened
     policy = oi.load_policy(opts, "oi", complete=False)
     monkeypatch.setattr(oi, "read_config", real_read)
-    oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
+    oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy, clocks)
     record = state / "passthrough-oi"
     return policy, (record.read_text().split("\n") if record.exists() else None)
 
@@ -604,8 +611,25 @@ def test_a_record_that_is_not_as_written_is_written_again(tmp_path, monkeypatch)
     for spoil in (lambda: record.chmod(0o644), lambda: record.write_text("\n".join(lines[:2] + ["runtime-b"] + lines[3:]))):
         spoil()
         os.utime(str(record), ns=(policy.config_stat.st_mtime_ns, policy.config_stat.st_mtime_ns))
-        oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy)
+        oi.remember_passthrough("oi", opts, oi.parse_runtime_call(runtime_args), policy, (time.time() - 5, uptime()))
         assert stat.S_IMODE(os.stat(str(record)).st_mode) == 0o600 and record.read_text().split("\n") == lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
+def test_a_create_renews_the_window_only_for_the_record_its_policy_would_write(tmp_path, monkeypatch):
+    """The same file, by its identity, and the same record: a record that
+    says something else of it (made, on a file system of whole-second
+    times, from contents rewritten in the second it was read) is not
+    renewed."""
+    policy, lines = _policy_and_record(tmp_path, monkeypatch)
+    record, expires = tmp_path / "state" / "passthrough-oi", tmp_path / "state" / "expires-oi"
+    mtime = policy.config_stat.st_mtime_ns
+    for runtime, renewed in (("runtime-b", False), ("runtime-a", True)):
+        record.write_text("\n".join(lines[:2] + [runtime] + lines[3:]))
+        os.utime(str(record), ns=(mtime, mtime))
+        expires.write_text("0\n")
+        oi.refresh_passthrough_window("oi", policy)
+        assert (int(expires.read_text()) > uptime()) == renewed, runtime
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="passthrough records are kept for root only")
