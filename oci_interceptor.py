@@ -4397,14 +4397,26 @@ class _YamlReader(object):
         finally:
             self.depth -= 1
 
+    def line_at(self, indent):
+        """The next line of the block at this indentation, as (lineno,
+        content); None at the block's end (no more lines, or one indented
+        less). A line indented more is an error."""
+        if self.pos >= len(self.lines):
+            return None
+        lineno, line_indent, content = self.lines[self.pos]
+        if line_indent < indent:
+            return None
+        if line_indent > indent:
+            self.fail(lineno, "unexpected indentation")
+        return lineno, content
+
     def mapping(self, indent):
         result = {}
-        while self.pos < len(self.lines):
-            lineno, line_indent, content = self.lines[self.pos]
-            if line_indent < indent:
+        while True:
+            line = self.line_at(indent)
+            if line is None:
                 break
-            if line_indent > indent:
-                self.fail(lineno, "unexpected indentation")
+            lineno, content = line
             entry = self.mapping_entry(content, lineno)
             if entry is None:
                 self.fail(lineno, "expected KEY: VALUE" if not _is_yaml_item(content)
@@ -4426,12 +4438,11 @@ class _YamlReader(object):
 
     def sequence(self, indent):
         items = []
-        while self.pos < len(self.lines):
-            lineno, line_indent, content = self.lines[self.pos]
-            if line_indent < indent:
+        while True:
+            line = self.line_at(indent)
+            if line is None:
                 break
-            if line_indent > indent:
-                self.fail(lineno, "unexpected indentation")
+            lineno, content = line
             if not _is_yaml_item(content):
                 break                       # the key after a list at its key's indentation
             rest = content[1:].lstrip(" ")
@@ -5885,6 +5896,22 @@ def open_passthrough_window(expires, since):
         posix.close(fd)
 
 
+def read_passthrough_record(record):
+    """(its stat, its bytes) when the record is a file of root's (not
+    followed through a symlink), else None."""
+    try:
+        fd = posix.open(record, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        record_st = posix.fstat(fd)
+        if record_st.st_uid != 0 or (record_st.st_mode & _S_IFMT) != 0o100000:
+            return None
+        return record_st, posix.read(fd, 1 << 16)
+    finally:
+        posix.close(fd)
+
+
 def passthrough_record(policy, identity):
     """What a passthrough record of this policy holds: the program's
     version, the config file, the runtime to exec, and the file's identity
@@ -5910,13 +5937,9 @@ def refresh_passthrough_window(argv0, policy):
         return
     record, expires = passthrough_paths((argv0 or "").rpartition("/")[2])
     try:
-        fd = posix.open(record, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
-        try:
-            record_st, data = posix.fstat(fd), posix.read(fd, 8192)
-        finally:
-            posix.close(fd)
         identity = passthrough_identity(st)
-        if (record_st.st_uid == 0 and data == passthrough_record(policy, identity).encode("utf-8", "surrogateescape")
+        found = read_passthrough_record(record)
+        if (found and found[1] == passthrough_record(policy, identity).encode("utf-8", "surrogateescape")
                 and passthrough_identity(posix.lstat(policy.config_path)) == identity):
             now = _uptime()
             # The file's trust was checked when the create began, within a second.
@@ -6847,13 +6870,7 @@ def remember_passthrough(argv0, opts, call, policy, clocks):
         if _untrusted_step(path, st) is not None:
             return
         content = passthrough_record(policy, identity).encode("utf-8", "surrogateescape")
-        state = state_dir()
-        try:
-            posix.mkdir(state, 0o700)
-        except FileExistsError:
-            pass
-        dst = posix.lstat(state)
-        if (dst.st_mode & _S_IFMT) != _S_IFDIR or dst.st_uid != 0 or dst.st_mode & 0o7777 != 0o700:
+        if not _trusted_record_dir(state_dir(), create=True):
             return
         record, expires = passthrough_paths(name)
         # Calls that name a container must reach the runtime its record names.
@@ -6863,13 +6880,9 @@ def remember_passthrough(argv0, opts, call, policy, clocks):
             runtime = None              # agrees with no record
         if not records_agree(runtime):
             return
-        try:
-            data, record_st = read_config(record)
-            current = (data == content and record_st.st_mtime_ns == st.st_mtime_ns
-                       and record_st.st_uid == 0 and record_st.st_mode & 0o7777 == 0o600)
-        except ReadError:
-            current = False
-        if not current:
+        found = read_passthrough_record(record)
+        if not (found and found[1] == content and found[0].st_mtime_ns == st.st_mtime_ns
+                and found[0].st_mode & 0o7777 == 0o600):
             write_atomically(record, content, mode=0o600, mtime_ns=st.st_mtime_ns)
         if not records_agree(runtime):      # a create recorded another runtime meanwhile
             posix.unlink(record)
