@@ -139,7 +139,8 @@ def reference_go_check(spec):
 
 
 go_keys = st.sampled_from(["mounts", "Mounts", "mount\u017f", "options", "linux", "resources", "rdma", "hca",
-                           "annotations", "process", "env", "\u212aernel", "kernel", "x", "X", "[0]", "a.b", ""])
+                           "annotations", "process", "env", "\u212aernel", "kernel", "x", "X", "[0]", "a.b", "A.b",
+                           "net.ipv4.ping_group_range", ""])
 go_specs = st.recursive(st.text(max_size=2) | st.integers(),
                         lambda children: st.lists(children, max_size=3) | st.dictionaries(go_keys, children,
                                                                                           max_size=4),
@@ -198,6 +199,8 @@ def test_no_two_runtime_spec_fields_fold_together():
     folding its keys: only sound while no two fields fold to one."""
     assert len({oi._go_fold(name) for name in oi.SPEC_FIELDS}) == len(oi.SPEC_FIELDS)
     assert all(oi._go_fold(name) == name.lower() for name in oi.SPEC_FIELDS)      # ASCII: folded by lower()
+    # Letters and digits only: a key whose fold has anything else reads as no field.
+    assert all(name.isalnum() and name.isascii() for name in oi.SPEC_FIELDS)
 
 
 def test_integers_compare_without_decimal():
