@@ -1325,19 +1325,19 @@ def _load_hooks_dirs(directories):
     chosen = {}
     for directory in directories:
         try:
-            st = os.stat(directory)
-            names = os.listdir(directory)
+            st = posix.stat(directory)
+            names = posix.listdir(directory)
         except OSError as exc:
             raise ConfigError("hooks dir %s: %s" % (directory, exc.strerror))
         _check_trusted(directory, st, "hooks dir")
         for name in names:
             if name.endswith(".json"):
-                chosen[name] = os.path.join(directory, name)
+                chosen[name] = path_join(directory, name)
     for name in sorted(chosen, key=lambda n: (n.lower(), n)):
         path = chosen[name]
         rule = _load_hook_file(path)
         program = next(iter(rule.actions["hooks"].values()))[0]["path"]
-        if not os.path.lexists(program):
+        if not path_exists(program, follow=False):
             # As Podman does: a package that removed its hook program but
             # left its JSON must not break every container.
             report_warning("hook file %s: skipped, its hook.path %s does not exist" % (path, program))
@@ -1380,7 +1380,7 @@ def _load_hook_file(path):
     hooks = {}
     for stage in stages:
         hooks.setdefault(stage, [hook])
-    return Rule("hooks.d %s" % os.path.basename(path), when, {"hooks": hooks}, path)
+    return Rule("hooks.d %s" % path.rpartition("/")[2], when, {"hooks": hooks}, path)
 # [end on-demand: hooks-dir]
 
 
@@ -1732,8 +1732,8 @@ def getenv(name):
     return None if value is None else value.decode(sys.getfilesystemencoding(), "surrogateescape")
 
 
-# os.path's abspath, normpath, join and split for str paths, without
-# importing os (a create needs only these of it).
+# os.path's abspath, normpath, exists, isdir, join and split for str
+# paths, without importing os (a create needs only these of it).
 
 def path_abspath(path):
     """os.path.abspath(path)."""
@@ -1760,6 +1760,23 @@ def path_normpath(path):
         elif parts:
             parts.pop()
     return "/" * slashes + "/".join(parts) or "."
+
+
+def path_exists(path, follow=True):
+    """os.path.exists(path) (follow=False: os.path.lexists)."""
+    try:
+        posix.stat(path) if follow else posix.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def path_isdir(path):
+    """os.path.isdir(path)."""
+    try:
+        return (posix.stat(path).st_mode & _S_IFMT) == _S_IFDIR
+    except (OSError, ValueError):
+        return False
 
 
 def path_join(directory, name):
@@ -2220,7 +2237,7 @@ def held_capabilities(spec, state):
 def _file_identity(path):
     """(device, inode) of what path leads to, or None."""
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
@@ -2316,12 +2333,12 @@ def _read_text(path):
 
 def host_runs_apparmor(state):
     """As runc decides: securityfs has apparmor and the module is enabled."""
-    return state.cached("apparmor", lambda: os.path.isdir("/sys/kernel/security/apparmor")
+    return state.cached("apparmor", lambda: path_isdir("/sys/kernel/security/apparmor")
                         and _read_text("/sys/module/apparmor/parameters/enabled").startswith("Y"))
 
 
 def host_runs_selinux(state):
-    return state.cached("selinux", lambda: os.path.exists("/sys/fs/selinux/enforce"))
+    return state.cached("selinux", lambda: path_exists("/sys/fs/selinux/enforce"))
 
 
 def apparmor_unconfined(spec, state):
@@ -2439,7 +2456,7 @@ def _lstat(state, path):
     cache = state.lstats
     if path not in cache:
         try:
-            cache[path] = os.lstat(path)
+            cache[path] = posix.lstat(path)
         except (OSError, ValueError):
             cache[path] = None
     return cache[path]
@@ -2447,7 +2464,7 @@ def _lstat(state, path):
 
 def _readlink(path):
     try:
-        return os.readlink(path)
+        return posix.readlink(path)
     except (OSError, ValueError):
         return None
 
@@ -2498,7 +2515,7 @@ def _bind_sources(spec, state):
         if not isinstance(source, str) or not source:
             continue
         if not source.startswith("/"):
-            source = os.path.join(state.bundle or os.getcwd(), source)
+            source = path_join(state.bundle or posix.getcwd(), source)
         binds.append(BindSource(index, mount, source, state))
     return binds
 
@@ -2568,7 +2585,7 @@ def engine_managed(bind, spec, state):
     if (_clean_path(bind.mount.get("destination") or "") in ENGINE_INIT_DESTINATIONS
             and isinstance(options, list) and "ro" in options):
         try:
-            st = os.stat(bind.resolved)
+            st = posix.stat(bind.resolved)
         except (OSError, ValueError):
             return False
         return (st.st_mode & _S_IFMT) == 0o100000 and st.st_mode & 0o111 and st.st_uid == 0
@@ -4045,20 +4062,19 @@ class CdiCache(object):
             report_warning("cdi spec %s: skipped, %s" % (path, why))
 
     def _scan(self, directory):
-        import stat
         try:
-            st = os.stat(directory)
+            st = posix.stat(directory)
         except OSError as exc:
             import errno
             if exc.errno != errno.ENOENT:
                 self._skip(directory, exc.strerror)
             return
-        if not stat.S_ISDIR(st.st_mode):
+        if (st.st_mode & _S_IFMT) != _S_IFDIR:
             self._skip(directory, "not a directory")
             return
         try:
             _check_trusted(directory, st, "cdi spec dir")
-            names = sorted(os.listdir(directory))
+            names = sorted(posix.listdir(directory))
         except ConfigError as exc:
             self._skip(directory, _message(exc).partition(": ")[2])
             return
@@ -4071,7 +4087,7 @@ class CdiCache(object):
             if not name.endswith(CDI_SPEC_SUFFIXES):
                 continue
             try:
-                if stat.S_ISDIR(os.lstat(path).st_mode):
+                if (posix.lstat(path).st_mode & _S_IFMT) == _S_IFDIR:
                     continue
                 spec = read_cdi_spec(path)
             except (ValueError, InterceptorError, OSError) as exc:
@@ -4753,20 +4769,14 @@ def inject_cdi_devices(spec, names, context):
 def cdi_host_device(path):
     """(type, major, minor) of a host device node, by lstat as the
     reference library reads it: "b", "c" or "p"."""
-    import stat
     try:
-        st = os.lstat(path)
+        st = posix.lstat(path)
     except OSError as exc:
         raise InterceptorError("cannot stat the host device %s: %s" % (path, exc.strerror))
-    if stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    elif stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISFIFO(st.st_mode):
-        kind = "p"
-    else:
+    kind = {0o060000: "b", 0o020000: "c", 0o010000: "p"}.get(st.st_mode & _S_IFMT)     # S_IFBLK, S_IFCHR, S_IFIFO
+    if kind is None:
         raise InterceptorError("the host path %s is not a device node" % path)
-    return kind, os.major(st.st_rdev), os.minor(st.st_rdev)
+    return kind, posix.major(st.st_rdev), posix.minor(st.st_rdev)
 
 
 def _cdi_device_numbers(node):
@@ -5962,7 +5972,7 @@ def runtime_of_root(root):
     directory = _records_dir()
     prefix = record_name(root, "")
     try:
-        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+        names = [n for n in posix.listdir(directory) if n.startswith(prefix)]
     except OSError:
         return None
     runtimes = set()
@@ -5983,7 +5993,7 @@ def _forget_passthrough_records(record):
     systemd mode), with their expires files."""
     directory = state_dir()
     try:
-        names = os.listdir(directory)
+        names = posix.listdir(directory)
     except OSError:
         return
     for name in names:
@@ -5999,7 +6009,7 @@ def _forget_passthrough_records(record):
         if not agrees:
             for path in (name, "expires-" + name[len("passthrough-"):]):
                 try:
-                    os.unlink(directory + "/" + path)
+                    posix.unlink(directory + "/" + path)
                 except OSError:
                     pass
 
@@ -6010,7 +6020,7 @@ def records_agree(runtime):
     calls that name a container.)"""
     directory = _records_dir()
     try:
-        names = os.listdir(directory)
+        names = posix.listdir(directory)
     except FileNotFoundError:
         return True
     except OSError:
@@ -6029,11 +6039,14 @@ def records_agree(runtime):
 
 def _remove_stale_records(directory):
     """Remove the records whose container is gone: no state of it under
-    its --root (or the runtimes' default roots), after the grace time."""
+    its --root (or the runtimes' default roots), after the grace time.
+    Runs in every create that writes a record, so it imports nothing (on
+    a host whose containers outlive the grace time, importing os and
+    urllib.parse would cost more than the whole create)."""
     import time
     now = time.time()
     try:
-        names = os.listdir(directory)
+        names = posix.listdir(directory)
     except OSError:
         return
     for name in names:
@@ -6041,19 +6054,41 @@ def _remove_stale_records(directory):
         if not at or _TEMP_MARK in name:
             continue
         try:
-            if now - os.lstat(directory + "/" + name).st_mtime < RECORD_GRACE_SECONDS:
+            if now - posix.lstat(directory + "/" + name).st_mtime < RECORD_GRACE_SECONDS:
                 continue
             container_id = _unescape(escaped_id)
             roots = [_unescape(root)] if root else DEFAULT_RUNTIME_ROOTS
-            if not any(os.path.lexists(os.path.join(r, container_id)) for r in roots if r.startswith("/")):
-                os.unlink(directory + "/" + name)
+            if not any(path_exists(path_join(r, container_id), follow=False) for r in roots if r.startswith("/")):
+                posix.unlink(directory + "/" + name)
         except (OSError, ValueError):
             continue
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _unescape(text):
-    import urllib.parse
-    return urllib.parse.unquote(text, errors="surrogateescape")
+    """A part of a record name as it was before record_name escaped it, as
+    urllib.parse.unquote(text, errors="surrogateescape") reads it: each run
+    of %XX escapes is UTF-8 (undecodable bytes as surrogates), a "%" not
+    followed by two hex digits stays as it is."""
+    if "%" not in text:
+        return text
+    parts = text.split("%")
+    out = [parts[0]]
+    run = bytearray()
+    for part in parts[1:]:
+        if len(part) >= 2 and _HEX_DIGITS.issuperset(part[:2]):
+            run.append(int(part[:2], 16))
+            rest = part[2:]
+        else:
+            rest = "%" + part
+        if rest:
+            out.append(run.decode("utf-8", "surrogateescape"))
+            out.append(rest)
+            run = bytearray()
+    out.append(run.decode("utf-8", "surrogateescape"))
+    return "".join(out)
 # [end on-demand: records-gc]
 
 
@@ -6116,21 +6151,22 @@ def _report(line, call, level):
     if call is None or not call.log_path:
         return
     try:
-        fd = os.open(call.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = posix.open(call.log_path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | getattr(posix, "O_CLOEXEC", 0),
+                        0o644)
     except OSError:
         return
     try:
         if not _same_file_as_stderr(fd):
-            os.write(fd, format_log_line(line, call.log_format, level).encode("utf-8", "backslashreplace"))
+            posix.write(fd, format_log_line(line, call.log_format, level).encode("utf-8", "backslashreplace"))
     except OSError:
         pass
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _same_file_as_stderr(fd):
     try:
-        a, b = os.fstat(fd), os.fstat(2)
+        a, b = posix.fstat(fd), posix.fstat(2)
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -6256,7 +6292,7 @@ def audit_call(policy, call, result=None, error=None):
     audit log (so that no other call loads this block)."""
     result = getattr(error, "result", None) or result
     try:
-        bundle = os.path.abspath(call.bundle or ".")
+        bundle = path_abspath(call.bundle or ".")
     except (OSError, ValueError):
         bundle = call.bundle
     rules = []
@@ -6295,20 +6331,20 @@ def audit_call(policy, call, result=None, error=None):
 def _append_line(path, line):
     """One write() of the whole line to a regular file of ours opened
     O_APPEND (created 0600): concurrent writers never interleave."""
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-             | getattr(os, "O_CLOEXEC", 0))
-    fd = os.open(path, flags, 0o600)
+    flags = (posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_NONBLOCK
+             | getattr(posix, "O_CLOEXEC", 0))
+    fd = posix.open(path, flags, 0o600)
     try:
-        st = os.fstat(fd)
+        st = posix.fstat(fd)
         if (st.st_mode & _S_IFMT) != 0o100000:
             raise OSError(0, "not a regular file")
-        if st.st_uid != os.geteuid():
+        if st.st_uid != posix.geteuid():
             raise OSError(0, "it belongs to uid %d, not to us" % st.st_uid)
-        written = os.write(fd, line)
+        written = posix.write(fd, line)
         if written != len(line):
             raise OSError(0, "only %d of %d bytes written" % (written, len(line)))
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _send_to_syslog(line, refused):
@@ -6316,7 +6352,7 @@ def _send_to_syslog(line, refused):
     it (journald and rsyslog read it)."""
     import socket
     priority = SYSLOG_DAEMON * 8 + (4 if refused else 6)
-    message = ("<%d>%s[%d]: " % (priority, PROG, os.getpid())).encode("ascii") + line.rstrip(b"\n")
+    message = ("<%d>%s[%d]: " % (priority, PROG, posix.getpid())).encode("ascii") + line.rstrip(b"\n")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.connect(SYSLOG_SOCKET)

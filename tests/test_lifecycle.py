@@ -8,7 +8,11 @@ import os
 import subprocess
 import time
 
+import urllib.parse
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import oci_interceptor as oi
 from conftest import new_id, run, run_at_once
@@ -99,6 +103,17 @@ def test_stale_records_are_removed_by_a_later_create(state, tmp_path):
     oi.write_record(str(root), "new", oi.ContainerRecord("/usr/bin/crun"))
     left = sorted(os.listdir(str(state / "containers")))
     assert left == sorted(oi.record_name(str(root), c) for c in ("alive", "young", "new"))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(alphabet="%%aF0912zZ-.@ \u00e9\udcc3\U0001f600", max_size=12), st.text(max_size=6))
+def test_record_names_read_back_as_urllib_reads_them(text, other):
+    """_unescape (no urllib.parse import in a create) reads any text as
+    urllib.parse.unquote does, and gives back what record_name escaped."""
+    assert oi._unescape(text) == urllib.parse.unquote(text, errors="surrogateescape")
+    root, _, escaped_id = oi.record_name(other, text).rpartition("@")
+    if not oi.record_name(other, text).startswith("sha256-"):
+        assert (oi._unescape(root), oi._unescape(escaped_id)) == (other, text)
 
 
 def test_records_agree_only_when_every_container_uses_the_plain_runtime(state):
