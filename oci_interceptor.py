@@ -5007,6 +5007,7 @@ def _load_extension_module(name):
                 if found:
                     spec = sys.modules["_frozen_importlib"].ModuleSpec(name, None, origin=path)
                     module = _imp.create_dynamic(spec)
+                    module.__spec__, module.__file__ = spec, path
                     _imp.exec_dynamic(module)
                     sys.modules[name] = module
                     return module
@@ -6058,10 +6059,27 @@ def _remove_stale_records(directory):
                 continue
             container_id = _unescape(escaped_id)
             roots = [_unescape(root)] if root else DEFAULT_RUNTIME_ROOTS
-            if not any(path_exists(path_join(r, container_id), follow=False) for r in roots if r.startswith("/")):
+            if all(_surely_gone(path_join(r, container_id)) for r in roots if r.startswith("/")):
                 posix.unlink(directory + "/" + name)
         except (OSError, ValueError):
             continue
+
+
+def _surely_gone(path):
+    """Is nothing at path, as lstat says (ENOENT, ENOTDIR)? Any other
+    error keeps the record. A name the file system encoding cannot encode
+    (an ASCII locale: the id's bytes were not UTF-8 to Python, but
+    record_name wrote them as such) is looked up as its UTF-8 bytes."""
+    try:
+        try:
+            posix.lstat(path)
+        except UnicodeEncodeError:
+            posix.lstat(path.encode("utf-8", "surrogateescape"))
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -7151,9 +7169,12 @@ def create_container(call, opts, policy):
         audit_call(policy, call, result)
     record = None
     # Later calls go where the policy says, or where the command line says
-    # when the policy cannot be read: a record only where that is wrong.
+    # when the policy cannot be read: a record only where that is wrong
+    # (the command line's runtime is looked up again only where the policy
+    # named another).
     if (result.systemd or result.context.runtime_path is not None
-            or runtime != _command_line_runtime(opts)):
+            or (policy.runtime_path != (opts.runtime_path or DEFAULT_RUNTIME)
+                and runtime != _command_line_runtime(opts))):
         record = ContainerRecord(runtime, result.systemd)
     write_record(call.root, call.container_id, record)
     return runtime

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import oci_interceptor as oi
-from conftest import new_id, run, run_at_once
+from conftest import REPO, SYSTEM_PYTHON, new_id, run, run_at_once
 
 TRAP_TERM = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
 
@@ -103,6 +103,36 @@ def test_stale_records_are_removed_by_a_later_create(state, tmp_path):
     oi.write_record(str(root), "new", oi.ContainerRecord("/usr/bin/crun"))
     left = sorted(os.listdir(str(state / "containers")))
     assert left == sorted(oi.record_name(str(root), c) for c in ("alive", "young", "new"))
+
+
+KEEP_UNDER_ASCII = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import oci_interceptor as oi
+assert sys.getfilesystemencoding() == "ascii", sys.getfilesystemencoding()
+root = os.fsdecode(sys.argv[2].encode() + b"/r\xc3\xa4\xff")
+os.makedirs(root + "/alive")
+oi.write_record(root, "alive", oi.ContainerRecord("/bin/true"))
+old = time.time() - oi.RECORD_GRACE_SECONDS - 5
+os.utime(oi._records_dir() + "/" + oi.record_name(root, "alive"), (old, old))
+oi.write_record(root, "gone", oi.ContainerRecord("/bin/true"))
+os.utime(oi._records_dir() + "/" + oi.record_name(root, "gone"), (old, old))
+oi.write_record(root, "new", oi.ContainerRecord("/bin/true"))
+print(" ".join(sorted(n.rpartition("@")[2] for n in os.listdir(oi._records_dir()))))
+"""
+
+
+def test_a_live_container_keeps_its_record_whatever_the_locale(state, tmp_path):
+    """Under an ASCII locale (Python 3.6's C locale; 3.7+ with coercion and
+    UTF-8 mode off) a --root of non-UTF-8 bytes decodes to surrogates,
+    which the record name keeps as UTF-8: the check of a container's
+    state still finds it, and only an lstat that says "no such file"
+    removes a record."""
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0",
+               OCI_INTERCEPTOR_STATE_DIR=str(state))
+    out = subprocess.run([SYSTEM_PYTHON, "-c", KEEP_UNDER_ASCII, REPO, str(tmp_path)], env=env,
+                         stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout
+    assert out.split() == ["alive", "new"]
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
