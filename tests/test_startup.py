@@ -114,6 +114,17 @@ def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tm
     assert [h["path"] for h in spec["hooks"]["prestart"]] == ["/usr/local/bin/oci-hook"]
 
 
+def bundle_and_policy(tmp_path, policy_text):
+    """A bundle whose config has an empty env, and a root policy file."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text('{"process": {"env": []}}')
+    policy = tmp_path / "policy.json"
+    policy.write_text(policy_text)
+    policy.chmod(0o644)
+    return bundle, policy
+
+
 def test_a_create_that_records_its_runtime_imports_nothing_more(pyz, tmp_path):
     """A create whose runtime the container's later calls must know writes
     a record, drops the passthrough records that disagree and removes the
@@ -134,12 +145,7 @@ def test_a_create_that_records_its_runtime_imports_nothing_more(pyz, tmp_path):
         os.utime(str(path), (old, old))
     (state / "passthrough-x").write_text("oci-interceptor-passthrough 0\n/etc/x.json\n/bin/false\n")
     (state / "expires-x").write_text("")
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text('{"process": {"env": []}}')
-    policy = tmp_path / "policy.json"
-    policy.write_text('{"version": 1, "runtime-path": "/bin/true"}')
-    policy.chmod(0o644)
+    bundle, policy = bundle_and_policy(tmp_path, '{"version": 1, "runtime-path": "/bin/true"}')
     _, loaded, blocks = probe(pyz, "--root", str(root), "create", "--bundle", str(bundle), "new",
                               env={"OCI_INTERCEPTOR_CONFIG": str(policy), "OCI_INTERCEPTOR_STATE_DIR": str(state)},
                               blocks=True)
@@ -217,12 +223,7 @@ def test_a_block_that_cannot_load_is_one_line_and_changes_nothing(pyz, tmp_path)
         core = int(re.search(rb"d=posix.pread\(f,(\d+),o\)", data).group(1))     # the part the preamble reads
         data[start + core:start + len(pyc)] = b"\xff" * (len(pyc) - core)
     altered_copy(pyz, broken, damaged_blocks)
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "config.json").write_text('{"process": {"env": []}}')
-    policy = tmp_path / "policy.json"
-    policy.write_text('{"version": 1, "rules": [{"name": "r", "env": ["A=1"]}]}')
-    policy.chmod(0o644)
+    bundle, policy = bundle_and_policy(tmp_path, '{"version": 1, "rules": [{"name": "r", "env": ["A=1"]}]}')
     log = tmp_path / "log.json"
     result = subprocess.run([broken, "--oi-config", str(policy), "--oi-runtime-path", "/bin/true",
                              "--log", str(log), "--log-format", "json", "create", "--bundle", str(bundle), "x"],
