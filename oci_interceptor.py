@@ -4993,7 +4993,7 @@ _C_JSON_NAMES = ("make_scanner", "make_encoder", "encode_basestring", "encode_ba
 def _load_extension_module(name):
     """The extension module name loaded from the lib-dynload directory on
     sys.path, created and run as its import would (the same _imp calls,
-    without the import system's locks and module attributes: a fifth of the
+    without the import system's locks and bookkeeping: a fifth of the
     cost); None where it is not there."""
     import _imp
     for directory in sys.path:
