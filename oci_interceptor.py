@@ -738,12 +738,28 @@ def _untrusted_step(path, st):
         return "cannot check %s on its way: %s" % (current or "/", exc.strerror)
 
 
-# [on-demand: policy-file]
 def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
-    """Validate a config file's data; return (settings, rules)."""
+    """Validate a config file's data; return (settings, rules). A file of
+    settings alone (no rule, no profile, as most are) is read here; one with
+    rules or profiles, or anything amiss, by _read_policy_file_data (the
+    policy-file block), which also words every problem."""
+    if (isinstance(data, dict) and data.get("version") == CONFIG_VERSION and data.get("rules", []) == []
+            and profile_name is None and _SETTINGS_FILE_KEYS.issuperset(data)):
+        return _resolve_relative_paths(_read_settings(data, "", _config_failure(path)), path), []
+    return _read_policy_file_data(data, path, profile_name, argv0, policy, complete)
+
+
+def _config_failure(path):
+    """fail(where, problem): raises the ConfigError naming the config file."""
     def fail(where, problem):
         raise ConfigError("config %s: %s%s" % (path, where + ": " if where else "", problem))
+    return fail
 
+
+# [on-demand: policy-file]
+def _read_policy_file_data(data, path, profile_name, argv0, policy, complete=True):
+    """_read_config_data of a file with rules or profiles."""
+    fail = _config_failure(path)
     if not isinstance(data, dict):
         fail("", "expected a JSON object")
     allowed = set(_SETTING_KEYS) | {"version", "rules", "profiles"}
@@ -817,7 +833,6 @@ _PATH_SETTINGS = ("hook-config-path", "hooks-dir", "debug-output-dir", "runtime-
                   "audit-log")
 
 
-# [on-demand: policy-file]
 def _is_name_not_path(key, item):
     """A runtime-path without a slash is looked up on PATH; an audit-log
     of "syslog" means syslog: neither is a file relative to anything."""
@@ -876,6 +891,7 @@ def _read_settings(data, prefix, fail):
     return settings
 
 
+# [on-demand: policy-file]
 def _read_rules(data, where, path, fail, complete=True):
     if not isinstance(data, list):
         fail(where, "expected a list of rules")
@@ -1043,6 +1059,8 @@ _SETTING_KEYS = {
     "cdi-env": (_valid_cdi_env, "value"),
     "audit-log": (_valid_nonempty_string, "value"),
 }
+# The keys of a config file of settings alone (_read_config_data).
+_SETTINGS_FILE_KEYS = frozenset(_SETTING_KEYS) | {"version", "rules"}
 
 
 HOOK_STAGES = ("prestart", "createRuntime", "createContainer", "startContainer",

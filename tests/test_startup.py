@@ -114,6 +114,42 @@ def test_a_plain_create_imports_only_the_json_scanner_and_loads_no_block(pyz, tm
     assert [h["path"] for h in spec["hooks"]["prestart"]] == ["/usr/local/bin/oci-hook"]
 
 
+SETTINGS_FILES = [
+    {"version": 1, "rules": []},
+    {"version": 1, "readonly-networking-mounts": True, "env": ["TZ=UTC", "A=1"],
+     "env-force": ["HTTP_PROXY=http://proxy:3128"]},
+    {"version": 1, "runtime-path": "bin/../crun", "hooks-dir": ["hooks.d", "/etc/x"], "audit-log": "syslog",
+     "debug-output-dir": "./debug", "cdi-spec-dirs": ["cdi"], "hook-config-path": "h.json", "systemd": "auto"},
+]
+
+
+@pytest.mark.parametrize("data", SETTINGS_FILES)
+def test_a_config_file_of_settings_alone_reads_as_one_with_rules_would(data):
+    """_read_config_data reads a file of settings alone itself; the
+    policy-file block's reader, which reads all others, reads it the same."""
+    policy = oi.Policy()
+    assert (oi._read_config_data(json.loads(json.dumps(data)), "/etc/oi/c.json", None, "oi", policy)
+            == oi._read_policy_file_data(json.loads(json.dumps(data)), "/etc/oi/c.json", None, "oi", policy))
+
+
+def test_a_config_file_of_settings_alone_loads_no_block(pyz, tmp_path):
+    """The packages' config file (no rule) and one of settings alone, as
+    the benchmark's Docker policy is, are read without the policy-file
+    block: rules and profiles need it, settings do not."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for data in SETTINGS_FILES[:2]:
+        (bundle / "config.json").write_text('{"process": {"env": ["A=0"]}, "mounts": []}')
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps(data))
+        policy.chmod(0o644)
+        _, loaded, blocks = probe(pyz, "--oi-runtime-path", "/bin/true", "--oi-env", "B=2", "create", "--bundle",
+                                  str(bundle), "x", env={"OCI_INTERCEPTOR_CONFIG": str(policy)}, blocks=True)
+        assert blocks == [] and loaded <= {"_json"}, (data, blocks, loaded)
+        assert json.loads((bundle / "config.json").read_text())["process"]["env"] == (
+            ["A=0", "TZ=UTC", "B=2", "HTTP_PROXY=http://proxy:3128"] if "env" in data else ["A=0", "B=2"])
+
+
 def bundle_and_policy(tmp_path, policy_text):
     """A bundle whose config has an empty env, and a root policy file."""
     bundle = tmp_path / "bundle"
