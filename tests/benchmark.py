@@ -5,9 +5,10 @@
                                [--go-peer PATH] [--json FILE]
 
 Run as root with /usr/bin/python3 on a host prepared by tests/prepare-host.
-It builds the .pyz, then measures, the commands of each comparison
-alternating round by round (A B C, B C A, ...) so that drift in the
-machine's load falls on every side alike; it reports medians, and for each
+It builds the .pyz, then measures, each round running every command of a
+comparison once, in an order shuffled afresh each round (seeded), so that
+drift in the machine's load, and what the previous command left in the
+caches, fall on every side alike; it reports medians, and for each
 ratio the median of the per-round ratios (paired), which a noisy machine
 moves less:
 
@@ -64,6 +65,7 @@ import functools
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -123,14 +125,20 @@ def peak_rss_kib(argv, before=None, runs=3):
 
 
 def alternate(sides, pairs, before=None, rounds=None, cpu=None):
-    """{name: argv}: run each side once per round, order rotating; medians.
-    rounds, if a list, receives each round's {name: seconds}; cpu, if a
-    dict, each side's CPU seconds of every round."""
+    """{name: argv}: run each side once per round, in an order shuffled
+    afresh each round (seeded: the same every run); medians. rounds, if a
+    list, receives each round's {name: seconds}; cpu, if a dict, each
+    side's CPU seconds of every round. (Not a rotation: with one, a side
+    always runs right after the same other side, and (b)'s create always
+    came right after the Go peer, which left it 2-3 % slower than
+    anywhere else.)"""
     names = list(sides)
     times = {name: [] for name in names}
     rss = {name: [] for name in names}
+    shuffle = random.Random(len(names) * 1000 + pairs).shuffle
     for round_ in range(pairs):
-        order = names[round_ % len(names):] + names[:round_ % len(names)]
+        order = list(names)
+        shuffle(order)
         for name in order:
             seconds, kib = spawn(sides[name], before=before.get(name) if before else None,
                                  cpu=cpu.setdefault(name, []) if cpu is not None else None)
@@ -233,7 +241,7 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
     """(f): create of the config in target (restored to pristine before each
     run) with a policy file, without and with 20 guardrail rules, and with
     an audit log too; wall and CPU time, medians and medians of the paired
-    differences (each round runs every side, order rotating)."""
+    differences (each round runs every side, in a shuffled order)."""
     plain_policy = {"version": 1, "runtime-path": "/bin/true", "readonly-networking-mounts": True,
                     "env": ["TZ=UTC"], "env-force": ["HTTP_PROXY=http://proxy:3128"]}
     rules = guardrail_rules()
