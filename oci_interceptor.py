@@ -743,10 +743,15 @@ def _read_config_data(data, path, profile_name, argv0, policy, complete=True):
     settings alone (no rule, no profile, as most are) is read here; one with
     rules or profiles, or anything amiss, by _read_policy_file_data (the
     policy-file block), which also words every problem."""
-    if (isinstance(data, dict) and data.get("version") == CONFIG_VERSION and data.get("rules", []) == []
+    if (isinstance(data, dict) and _is_config_version(data.get("version")) and data.get("rules", []) == []
             and profile_name is None and _SETTINGS_FILE_KEYS.issuperset(data)):
         return _resolve_relative_paths(_read_settings(data, "", _config_failure(path)), path), []
     return _read_policy_file_data(data, path, profile_name, argv0, policy, complete)
+
+
+def _is_config_version(value):
+    """The number 1 (not true, which equals it in Python)."""
+    return type(value) is int and value == CONFIG_VERSION
 
 
 def _config_failure(path):
@@ -764,7 +769,7 @@ def _read_policy_file_data(data, path, profile_name, argv0, policy, complete=Tru
         fail("", "expected a JSON object")
     allowed = set(_SETTING_KEYS) | {"version", "rules", "profiles"}
     _no_unknown_keys(data, allowed, "", fail)
-    if data.get("version") != CONFIG_VERSION:
+    if not _is_config_version(data.get("version")):
         fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
     settings = _resolve_relative_paths(_read_settings(data, "", fail), path)
     rules = _read_rules(data.get("rules", []), "rules", path, fail, complete)
