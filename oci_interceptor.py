@@ -666,9 +666,13 @@ def _load_config_file(path, explicit, policy):
         return None
     policy.config_stat, policy.config_dir_stat = read[1], dir_stat
     try:
-        return parse_json(read[0])
+        data = parse_json(read[0])
     except ValueError as exc:
         raise ConfigError("config %s: %s" % (path, exc))
+    if not isinstance(data, dict):
+        # (A file of null too: it is a policy gone wrong, not no policy.)
+        raise ConfigError("config %s: expected a JSON object" % path)
+    return data
 
 
 def _strip_prefix(message, prefix, path):

@@ -114,6 +114,7 @@ def test_a_config_file_named_explicitly_must_exist(tmp_path, monkeypatch):
 @pytest.mark.parametrize("config, message", [
     ("{", "config.json: Expecting property name enclosed in double quotes: line 1 column 2"),
     ([], "config.json: expected a JSON object"),
+    ("null", "config.json: expected a JSON object"),      # null is no "no config file"
     ({}, "config.json: version: expected 1, found null"),
     ({"version": 2}, "version: expected 1, found 2"),
     ({"version": True}, "version: expected 1, found true"),
