@@ -771,8 +771,7 @@ def _read_policy_file_data(data, path, profile_name, argv0, policy, complete=Tru
     fail = _config_failure(path)
     if not isinstance(data, dict):
         fail("", "expected a JSON object")
-    allowed = set(_SETTING_KEYS) | {"version", "rules", "profiles"}
-    _no_unknown_keys(data, allowed, "", fail)
+    _no_unknown_keys(data, _SETTINGS_FILE_KEYS | {"profiles"}, "", fail)
     if not _is_config_version(data.get("version")):
         fail("version", "expected %d, found %s" % (CONFIG_VERSION, _json_text(data.get("version"))))
     settings = _resolve_relative_paths(_read_settings(data, "", fail), path)
@@ -2975,11 +2974,7 @@ def _add_hooks(spec, hooks, prepend):
         wanted = hooks.get(stage)
         if not wanted:
             continue
-        present = all_hooks.get(stage)
-        if present is None:
-            present = all_hooks[stage] = []
-        if not isinstance(present, list):
-            raise InterceptorError("hooks.%s is not a list" % stage)
+        present = _member(all_hooks, stage, list, "hooks." + stage)
         new = []
         for hook in wanted:
             if not any(json_equal(hook, old) for old in present + new):
@@ -3532,15 +3527,9 @@ def edit_capabilities(spec, value):
 def _resources(spec, key):
     """linux.resources.KEY, made if missing; InterceptorError for a shape
     that cannot take a limit."""
-    path, obj = [], spec
-    for name in ("linux", "resources", key):
-        path.append(name)
-        if obj.get(name) is None:
-            obj[name] = {}
-        obj = obj[name]
-        if not isinstance(obj, dict):
-            raise InterceptorError("%s is not an object" % ".".join(path))
-    return obj
+    linux = _member(spec, "linux", dict, "linux")
+    resources = _member(linux, "resources", dict, "linux.resources")
+    return _member(resources, key, dict, "linux.resources." + key)
 
 
 def _limit_number(value):
@@ -5601,8 +5590,9 @@ _TEMP_MARK = ".oi-tmp-"
 def write_atomically(path, data, st=None, mode=0o600, durable=True, mtime_ns=None):
     """Replace path with data: a temp file in the same directory, written,
     given the original's mode and owner (st; without it, `mode` and our own
-    owner) and, if given, this modification time, then renamed over path. Either the complete old or the complete
-    new file is there, never a mix. durable: the temp file is fsynced before
+    owner) and, if given, this modification time, then renamed over path.
+    Either the complete old or the complete new file is there, never a mix.
+    durable: the temp file is fsynced before
     the rename and the directory after it, so that the new file also
     survives a crash of the machine; without it, a crash may leave the old
     file or, on some filesystems, an empty one. Uses posix only."""
@@ -6922,11 +6912,11 @@ def remember_passthrough(argv0, opts, call, policy, clocks):
     the file's modification time is in the current second: a shell that
     compares whole seconds (bash before 5, busybox) would then miss an
     edit made in that second (this takes times from this machine's clock,
-    as local file systems do; the window bounds any other case). Flags that only matter to create (passthrough
-    "ignored": the policy of Docker's runtimeArgs, say) change nothing such
-    a call does, so the record holds for calls with them too; a call with
-    any other flag of ours records nothing. Best effort: a failure here
-    never fails the call."""
+    as local file systems do; the window bounds any other case). Flags that
+    only matter to create (passthrough "ignored": the policy of Docker's
+    runtimeArgs, say) change nothing such a call does, so the record holds
+    for calls with them too; a call with any other flag of ours records
+    nothing. Best effort: a failure here never fails the call."""
     path = policy.config_path
     name = (argv0 or "").rpartition("/")[2]
     if (posix.geteuid() != 0 or not path or not path.startswith("/") or path_normpath(path) != path
