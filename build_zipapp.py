@@ -104,6 +104,16 @@ a=sys.argv[1];z=zipimport.zipimporter(a);c=z.get_code("{name}");m=sys.modules["{
 m.__loader__=z;m.__file__=a+("/{source}c" if c.co_filename=="{source}" else "/{source}");exec(c,m.__dict__)"""
 RUN_MAIN = "\nsys.exit(m.main(sys.argv[1],sys.argv[2:]))"
 
+# How the preamble starts Python: isolated (-I: no PYTHON* variables, no
+# user site), without site (-S), and in UTF-8 mode (-X utf8; Python 3.6
+# ignores it). UTF-8 mode is what Python turns on by itself under the C
+# locale, where engines started without a locale run us; with it always on,
+# paths from argv and config.json are the same bytes whatever the engine's
+# locale (the bytes the runtime uses: config.json is UTF-8), and under a
+# UTF-8 locale the interpreter starts about 0.2 ms sooner (4 % fewer
+# instructions than `python3 -I -S -c pass`: no locale encoding to look up).
+PYTHON_FLAGS = "-I -S -X utf8"
+
 # A create, run or restore starts Python at once, before the shell reads the
 # fast path below: any call with such a word among its arguments does (an
 # argument that merely reads so is left to Python too, which is always right).
@@ -637,7 +647,7 @@ def load_code(archive):
     with open(archive, "rb") as f:
         head = f.read(1 << 16).decode("utf-8", "replace")
     command = head[:head.index("\n# Never reached")].rpartition("\nexec ")[2]
-    code = shlex.split(command)[4]              # PYTHON -I -S -c CODE "$0" "$@"
+    code = shlex.split(command)[PYTHON_FLAGS.count(" ") + 3]     # PYTHON FLAGS -c CODE "$0" "$@"
     assert code.endswith(RUN_MAIN)
     return code[:-len(RUN_MAIN)]
 
@@ -661,7 +671,7 @@ def build(output, python, fast=True):
     module = _module()
 
     def preamble(pyc_offset):
-        python_call = "%s -I -S -c %s \"$0\" \"$@\"" % (shell_word(python), shell_word(python_code(
+        python_call = "%s %s -c %s \"$0\" \"$@\"" % (shell_word(python), PYTHON_FLAGS, shell_word(python_code(
             pyc_length, loader_offset, pyc_offset)))
         early = EDITING_EXIT.format(python_call=python_call, words="|".join(
             '*" %s "*' % word for word in sorted(module.EDITING_COMMANDS)))

@@ -185,8 +185,8 @@ def module_load_seconds(pyz, runs):
             "\nt=time.perf_counter()-t\nprint(t, *getattr(m, '_ON_DEMAND_LOADED', ['(no-blocks)']))")
     times, blocks = [], set()
     for _ in range(runs):
-        out = subprocess.run([PYTHON, "-I", "-S", "-c", code, pyz], stdout=subprocess.PIPE, check=True,
-                             universal_newlines=True).stdout.split()
+        out = subprocess.run([PYTHON] + build_zipapp.PYTHON_FLAGS.split() + ["-c", code, pyz], stdout=subprocess.PIPE,
+                             check=True, universal_newlines=True).stdout.split()
         times.append(float(out[0]))
         blocks.update(out[1:])
     return statistics.median(times), spread(times), sorted(blocks)
@@ -303,7 +303,7 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
             restore()
             out = os.path.join(work, "callgrind-%s.out" % name)
             subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=execv", "--callgrind-out-file=" + out,
-                            PYTHON, "-I", "-S"] + sides[name][1 + len(envs[name]):],
+                            PYTHON] + build_zipapp.PYTHON_FLAGS.split() + sides[name][1 + len(envs[name]):],
                            env=dict(os.environ, **envs[name]),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             counts[name] = sum(int(line.split()[1]) for part in os.listdir(work) if part.startswith(

@@ -6,6 +6,7 @@ does. (Timings live in tests/benchmark.py, not here.)"""
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -18,6 +19,9 @@ import pytest
 import build_zipapp
 import oci_interceptor as oi
 from conftest import REPO, SYSTEM_PYTHON
+
+# The interpreter as the preamble starts it.
+PREAMBLE_PYTHON = [SYSTEM_PYTHON] + build_zipapp.PYTHON_FLAGS.split()
 
 # Loads the module from the archive as the preamble does, then reports at
 # the runtime's exec: the module's file, the modules it imported, and the
@@ -44,7 +48,7 @@ m.main("oci-interceptor", sys.argv[3:])
 def probe(archive, *args, env=None, blocks=False):
     environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG="")
     environ.update(env or {})
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, archive, build_zipapp.load_code(archive)]
+    out = subprocess.run(PREAMBLE_PYTHON + ["-c", PROBE, archive, build_zipapp.load_code(archive)]
                          + list(args), env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
     module_file, loaded, loaded_blocks = out.stdout.splitlines()
@@ -202,7 +206,7 @@ def test_the_bytecode_carries_the_on_demand_blocks_apart(pyz):
     assert marked >= {"help", "hooks-dir", "json-patch", "systemd", "records-gc", "debug-output", "register",
                       "check-config", "dry-run", "record-delete", "guardrails", "cdi", "audit", "policy-file",
                       "mounts", "lifecycle", "go-keys"}
-    listed = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", build_zipapp.load_code(pyz) + "\nprint(*sorted(m._ON_DEMAND))",
+    listed = subprocess.run(PREAMBLE_PYTHON + ["-c", build_zipapp.load_code(pyz) + "\nprint(*sorted(m._ON_DEMAND))",
                              pyz], stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.split()
     assert set(listed) == marked
 
@@ -311,6 +315,25 @@ def test_passthrough_with_a_config_of_regex_rules_loads_no_re(pyz, tmp_path):
     assert bad.returncode == 2 and b"bad regex" in bad.stderr
 
 
+def test_the_preamble_starts_python_isolated_without_site_in_utf8_mode(pyz):
+    """Both of the preamble's execs of Python (a create's first line, and
+    the end of the fast path) pass -I -S -X utf8: under a UTF-8 locale too
+    (where Python would otherwise leave UTF-8 mode off) the interpreter
+    runs isolated, without site, in UTF-8 mode."""
+    with open(pyz, "rb") as f:
+        head = f.read(1 << 16).decode("utf-8", "replace")
+    preamble = head[:head.index("\n# Never reached")]
+    calls = re.findall(r"exec ('[^']*' -.*?\"\$0\" \"\$@\")", preamble, re.DOTALL)
+    assert len(calls) == 2 and calls[0] == calls[1], calls
+    words = shlex.split(calls[0])
+    code = words.index("-c")
+    assert words[:code] == PREAMBLE_PYTHON and words[code + 2:] == ["$0", "$@"]
+    words[code + 1] = "import sys; f = sys.flags; print(f.isolated, f.no_site, f.utf8_mode)"
+    env = dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8", PYTHONUTF8="0")
+    out = subprocess.run(words[:code + 2], env=env, stdout=subprocess.PIPE, universal_newlines=True, check=True)
+    assert out.stdout.split() == ["1", "1", "1"]
+
+
 def test_the_archive_is_valid_shell(pyz):
     """The preamble ends in a here-document opener, so the zip data after it
     is text to the shell: `sh -n` (and lintian) accept the whole file."""
@@ -340,7 +363,7 @@ def test_create_without_a_cdi_request_reads_no_spec_and_imports_nothing_more(pyz
         annotations = {"cdi.k8s.io/x": "example.com/dev=zero"} if name == "asking" else {"other": "x"}
         (bundle / "config.json").write_text(json.dumps({"process": {"env": ["CDI_DEVICES="]}, "mounts": [],
                                                         "annotations": annotations}))
-        out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", PROBE, pyz, build_zipapp.load_code(pyz), "create", "--bundle", str(bundle), "x"],
+        out = subprocess.run(PREAMBLE_PYTHON + ["-c", PROBE, pyz, build_zipapp.load_code(pyz), "create", "--bundle", str(bundle), "x"],
                              env=dict(os.environ, OCI_INTERCEPTOR_CONFIG=str(config)), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True)
         loaded[name] = set(out.stdout.splitlines()[1].split()) if out.stdout.strip() else None
@@ -364,7 +387,7 @@ GUARDRAIL_PROBE = PROBE.replace('    print(" ".join(loaded))\n',
 def guardrail_probe(archive, config, *args):
     """(modules loaded, preset tables not built, on-demand blocks loaded)"""
     environ = dict(os.environ, OCI_INTERCEPTOR_CONFIG=config)
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-S", "-c", GUARDRAIL_PROBE, archive, build_zipapp.load_code(archive)]
+    out = subprocess.run(PREAMBLE_PYTHON + ["-c", GUARDRAIL_PROBE, archive, build_zipapp.load_code(archive)]
                          + list(args), env=environ,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=True)
     _, loaded, untouched, blocks = out.stdout.splitlines()
