@@ -3096,8 +3096,7 @@ def host_cgroup_mounts(lines=None):
     facts = {"cgroup_version": 1, "nsdelegate": False, "systemd_hierarchy": ""}
     if lines is None:
         try:
-            with open("/proc/self/mountinfo") as f:
-                lines = f.read().splitlines()
+            lines = _read_kernel_text("/proc/self/mountinfo").split("\n")
         except OSError:
             return facts
     for line in lines:
@@ -3122,14 +3121,22 @@ def host_cgroup_version():
 def own_systemd_cgroup():
     """This process's name=systemd cgroup, from /proc/self/cgroup ("/" if none)."""
     try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":", 2)
-                if len(fields) == 3 and "name=systemd" in fields[1].split(","):
-                    return fields[2]
+        for line in _read_kernel_text("/proc/self/cgroup").split("\n"):
+            fields = line.split(":", 2)
+            if len(fields) == 3 and "name=systemd" in fields[1].split(","):
+                return fields[2]
     except OSError:
         pass
     return "/"
+
+
+def _read_kernel_text(path):
+    """A file the kernel writes of paths (mountinfo, cgroup), its bytes
+    decoded as paths are (os.fsdecode): a mount point or cgroup named in
+    bytes that are not UTF-8 reads as the path it is, not as an error, and
+    only a newline ends a line. OSError as open raises it."""
+    with open(path, "rb") as f:
+        return f.read().decode(sys.getfilesystemencoding(), "surrogateescape")
 
 
 def is_systemd_command(spec):

@@ -458,6 +458,27 @@ def state_fake(tmp_path, fake):
     return fake
 
 
+def test_a_mount_point_named_in_bytes_that_are_not_utf8_refuses_nothing(pyz, fake, tmp_path):
+    """/proc/self/mountinfo and /proc/self/cgroup are read as bytes decoded
+    as paths are: a mount point someone named in bytes that are not UTF-8
+    (or with a character str.splitlines would split at) neither refuses a
+    systemd container nor hides the name=systemd hierarchy."""
+    need(shutil.which("unshare"), "unshare is not installed")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(docker_spec()))
+    odd = os.fsencode(str(tmp_path)) + b"/m\xe9\xff\xc2\x85x"
+    os.mkdir(odd)
+    script = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+    result = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, odd, pyz],
+                 ["--oi-runtime-path", fake.runtime, "--oi-systemd", "always", "create", "--bundle", str(bundle),
+                  DOCKER_ID], fake)
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["annotations"] == {oi.SYSTEMD_ANNOTATION: "true"}
+    assert "/run" in destinations(spec)
+
+
 @pytest.mark.parametrize("kill_args, expected", [
     (["kill", "c1", "TERM"], [b"kill", b"c1", b"37"]),
     (["kill", "c1", "SIGTERM"], [b"kill", b"c1", b"37"]),
