@@ -3,11 +3,12 @@
 
 The archive starts with a short /bin/sh preamble instead of a `#!python`
 line. The preamble executes the system Python isolated (-I: no PYTHON*
-variables, no user site-packages; -S: no site module) and loads the module
-straight from the archive (see PYTHON_CODE), which skips the interpreter's
-zipapp start-up (runpy and its imports) that a plain `#!` zipapp pays on
-every call. A zip file may carry any prefix, so `python3 oci-interceptor.pyz
-...` works too, through the archive's __main__.py.
+variables, no user site-packages; -S: no site module), in UTF-8 mode (see
+PYTHON_FLAGS), and loads the module straight from the archive (see
+PYTHON_CODE), which skips the interpreter's zipapp start-up (runpy and its
+imports) that a plain `#!` zipapp pays on every call. A zip file may carry
+any prefix, so `python3 oci-interceptor.pyz ...` works too, through the
+archive's __main__.py (in UTF-8 mode only as that python3 is started).
 
 The archive carries the module's bytecode (an unchecked hash-based .pyc for
 the interpreter that builds it, PEP 552), so nothing is compiled at run time;
