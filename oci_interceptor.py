@@ -850,6 +850,8 @@ def _is_name_not_path(key, item):
 def _resolve_relative_paths(settings, config_path):
     """A config file's relative paths made absolute, against its directory
     (a runtime-path without a slash stays a name looked up on PATH)."""
+    if settings.keys().isdisjoint(_PATH_SETTINGS):
+        return settings
     directory = None
     for key in _PATH_SETTINGS:
         value = settings.get(key)
@@ -883,6 +885,8 @@ def _join_path(directory, relative):
 
 
 def _no_unknown_keys(data, allowed, prefix, fail):
+    if allowed.issuperset(data):
+        return
     for key in data:
         if key not in allowed:
             fail(prefix + key, "unknown key (allowed: %s)" % ", ".join(sorted(allowed)))
@@ -1868,7 +1872,8 @@ CONDITION_HELP = (
 _STANDARD_CONDITIONS = ("always", "annotations", "commands", "hasBindMounts")
 _GUARDRAIL_CONDITIONS = ("hostPaths", "capabilities", "hostNamespaces", "privileged", "rootUser",
                          "unconfined", "not", "anyOf")
-_EXTENDED_CONDITIONS = _STANDARD_CONDITIONS + ("hostname", "env") + _GUARDRAIL_CONDITIONS
+_PLAIN_CONDITIONS = _STANDARD_CONDITIONS + ("hostname", "env")
+_EXTENDED_CONDITIONS = _PLAIN_CONDITIONS + _GUARDRAIL_CONDITIONS
 
 ENGINE_BIND_MOUNTS = frozenset((
     "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/dev/shm", "/run/.containerenv",
@@ -1878,14 +1883,14 @@ ENGINE_BIND_MOUNTS = frozenset((
 
 # [on-demand: policy-file]
 class Condition(object):
-    def __init__(self):
-        self.always = None
-        self.annotations = []       # [(key regex, value regex)]
-        self.commands = []          # [regex]
-        self.has_bind_mounts = None
-        self.hostname = None        # regex
-        self.env = []               # [(name, value regex)]
-        self.guards = None          # [(key, value)] of guardrail conditions (parse_guard_conditions)
+    """A parsed `when`: what it does not say keeps these defaults."""
+    always = None
+    annotations = ()                # [(key regex, value regex)]
+    commands = ()                   # [regex]
+    has_bind_mounts = None
+    hostname = None                 # regex
+    env = ()                        # [(name, value regex)]
+    guards = None                   # [(key, value, as written)] of guardrail conditions (parse_guard_conditions)
 
 
 def _compile(pattern, where, compile_now=True):
@@ -1928,20 +1933,31 @@ def parse_condition(data, extended, compile_now=True):
     if not data:
         raise ValueError("at least one condition is needed (conditions: %s)" % ", ".join(allowed))
     cond = Condition()
+    if not data.keys().isdisjoint(_PLAIN_CONDITIONS):
+        _parse_plain_conditions(data, cond, compile_now)
+    if extended and not data.keys().isdisjoint(_GUARDRAIL_CONDITIONS):
+        cond.guards = parse_guard_conditions(data, compile_now)
+    return cond
+
+
+def _parse_plain_conditions(data, cond, compile_now):
+    """The conditions of a `when` that are not guardrails' into cond."""
     for key in ("always", "hasBindMounts"):
         if key in data:
             if not isinstance(data[key], bool):
                 raise PathError("." + key, "expected true or false, found %s" % _json_text(data[key]))
     cond.always = data.get("always")
     cond.has_bind_mounts = data.get("hasBindMounts")
-    for key, target in (("annotations", cond.annotations), ("env", cond.env)):
+    for key in ("annotations", "env"):
         if key not in data:
             continue
         if not isinstance(data[key], dict) or not data[key]:
             raise PathError("." + key, "expected a non-empty object of regular expressions")
+        target = []
         for name, value in data[key].items():
             left = name if key == "env" else _compile(name, ".%s[%s]" % (key, _json_text(name)), compile_now)
             target.append((left, _compile(value, ".%s.%s" % (key, name), compile_now)))
+        setattr(cond, key, target)
     if "commands" in data:
         commands = data["commands"]
         if not isinstance(commands, list) or not commands:
@@ -1949,9 +1965,6 @@ def parse_condition(data, extended, compile_now=True):
         cond.commands = [_compile(p, ".commands[%d]" % i, compile_now) for i, p in enumerate(commands)]
     if "hostname" in data:
         cond.hostname = _compile(data["hostname"], ".hostname", compile_now)
-    if extended and not data.keys().isdisjoint(_GUARDRAIL_CONDITIONS):
-        cond.guards = parse_guard_conditions(data, compile_now)
-    return cond
 # [end on-demand: policy-file]
 
 
@@ -2099,7 +2112,7 @@ def capability_names():
 
 def capability_name(text):
     """'sys_admin', 'CAP_SYS_ADMIN' -> 'CAP_SYS_ADMIN'; None for no capability."""
-    return _capabilities().get(text.upper()) if isinstance(text, str) else None
+    return (_capability_table or _capabilities()).get(text.upper()) if isinstance(text, str) else None
 
 
 class GuardrailState(object):
@@ -2246,14 +2259,9 @@ def _list_at(obj, *keys):
 def container_capabilities(spec):
     """Every capability in any of the process's five sets (CAP_X, upper case:
     a name the runtime does not know is counted as it would be meant)."""
-    held = set()
     caps = _dict_at(spec, "process", "capabilities")
-    for key in CAPABILITY_SETS:
-        for item in _list_at(caps, key):
-            if isinstance(item, str):
-                name = item.upper()
-                held.add(name if name.startswith("CAP_") else "CAP_" + name)
-    return held
+    names = {item.upper() for key in CAPABILITY_SETS for item in _list_at(caps, key) if isinstance(item, str)}
+    return {name if name.startswith("CAP_") else "CAP_" + name for name in names}
 
 
 def held_capabilities(spec, state):
