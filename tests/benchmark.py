@@ -10,7 +10,11 @@ comparison once, in an order shuffled afresh each round (seeded), so that
 drift in the machine's load, and what the previous command left in the
 caches, fall on every side alike; it reports medians, and for each
 ratio the median of the per-round ratios (paired), which a noisy machine
-moves less:
+moves less. Each figure with a target also gets the interval in which 95 %
+of the medians of its rounds resampled fall (a bootstrap): how far this
+run's noise reaches. The verdicts at the end say, for each, met (the
+interval is under the target), missed (over it) or at the line (it holds
+the target: the run cannot tell):
 
   (a) passthrough: `state ID` of a live container through the .pyz, against
       runc itself and against a bare `python3 -I -S -c pass` (the floor of any
@@ -166,6 +170,44 @@ def paired(rounds, a, b):
     return statistics.median(r[a] / r[b] for r in rounds)
 
 
+def median_interval(values, resamples=2000):
+    """(low, high): where 95 % of the medians of resamples of values fall
+    (a bootstrap, seeded: the same values give the same interval). How far
+    the machine's noise moves a median of this many rounds: a target above
+    high is met, one below low is missed, and between the two this run
+    cannot tell."""
+    draw = random.Random(len(values)).choices
+    medians = sorted(statistics.median(draw(values, k=len(values))) for _ in range(resamples))
+    return medians[resamples // 40], medians[resamples - 1 - resamples // 40]
+
+
+def paired_interval(rounds, a, b):
+    """median_interval of the per-round ratios a / b."""
+    return median_interval([r[a] / r[b] for r in rounds])
+
+
+VERDICTS = []
+
+
+def judge(row, value, interval, target, unit="x"):
+    """Note a targeted figure (at most target) for the verdicts printed at
+    the end, and return its interval as text."""
+    low, high = interval
+    verdict = "met" if high <= target else "missed" if low > target else "at the line"
+    VERDICTS.append((row, value, interval, target, unit, verdict))
+    return "[95 %%: %s]" % span(interval, unit)
+
+
+def number(value, unit):
+    return ms(value) if unit == "ms" else "%.3f x" % value
+
+
+def span(interval, unit):
+    if unit == "ms":
+        return "%.2f-%.2f ms" % (interval[0] * 1000, interval[1] * 1000)
+    return "%.3f-%.3f x" % interval
+
+
 def spread(values):
     """(10th, 90th) percentile."""
     ordered = sorted(values)
@@ -178,9 +220,9 @@ def ms(seconds):
 
 def module_load_seconds(pyz, runs):
     """Seconds to load the module as the preamble does (zipimport, unmarshal,
-    module body), timed inside fresh interpreters: the median and (10th,
-    90th) percentiles, and the on-demand blocks loaded (none, or the load
-    would not be the create path's)."""
+    module body), timed inside fresh interpreters: the median, (10th, 90th)
+    percentiles, the median's interval, and the on-demand blocks loaded
+    (none, or the load would not be the create path's)."""
     code = ("import time\nt=time.perf_counter()\n" + build_zipapp.load_code(pyz) +
             "\nt=time.perf_counter()-t\nprint(t, *getattr(m, '_ON_DEMAND_LOADED', ['(no-blocks)']))")
     times, blocks = [], set()
@@ -189,7 +231,7 @@ def module_load_seconds(pyz, runs):
                              check=True, universal_newlines=True).stdout.split()
         times.append(float(out[0]))
         blocks.update(out[1:])
-    return statistics.median(times), spread(times), sorted(blocks)
+    return statistics.median(times), spread(times), median_interval(times), sorted(blocks)
 
 
 def busybox_rootfs(directory):
@@ -288,11 +330,14 @@ def guardrails_row(pyz, work, target, pristine, restore, pairs):
         return statistics.median(v[side] - v["plain"] for v in values)
     cpu_rounds = [{name: cpu[name][i] for name in sides} for i in range(pairs)]
     row.update(added=paired(rounds, "guarded"), added_with_audit_log=paired(rounds, "audited"),
+               added_interval=median_interval([r["guarded"] - r["plain"] for r in rounds]),
                cpu_plain=statistics.median(cpu["plain"]), cpu_added=paired(cpu_rounds, "guarded"),
                cpu_added_with_audit_log=paired(cpu_rounds, "audited"))
-    print("(f) create with 20 guardrail rules: %s, without: %s -> median of paired differences %s added "
+    print("(f) create with 20 guardrail rules: %s, without: %s -> median of paired differences %s added %s "
           "(target <= 1 ms), %s with an audit log too; CPU time (user + system) %s without, %s added (%s with "
           "the audit log)" % (ms(medians["guarded"]), ms(medians["plain"]), ms(row["added"]),
+                              judge("(f) 20 guardrail rules, added", row["added"], row["added_interval"], 0.001,
+                                    "ms"),
                               ms(row["added_with_audit_log"]), ms(row["cpu_plain"]), ms(row["cpu_added"]),
                               ms(row["cpu_added_with_audit_log"])))
     if shutil.which("valgrind"):
@@ -405,11 +450,14 @@ def main():
             results["a"].update({"go": medians["go"], "pyz_peer_args": medians["pyz-peer-args"],
                                  "pyz_vs_go_paired": paired(rounds, "pyz-peer-args", "go"),
                                  "go_true": medians["go-true"], "pyz_true": medians["pyz-true"],
-                                 "pyz_vs_go_true_paired": paired(rounds, "pyz-true", "go-true")})
+                                 "pyz_vs_go_true_paired": paired(rounds, "pyz-true", "go-true"),
+                                 "pyz_vs_go_true_interval": paired_interval(rounds, "pyz-true", "go-true")})
             print("(a) passthrough `state` with the Go peer's command line and /bin/true as the runtime (the "
-                  "wrappers' own cost): .pyz %s, Go peer %s -> %.2f x, paired %.2f x (target <= 0.6)"
+                  "wrappers' own cost): .pyz %s, Go peer %s -> %.2f x, paired %.2f x %s (target <= 0.6)"
                   % (ms(medians["pyz-true"]), ms(medians["go-true"]), medians["pyz-true"] / medians["go-true"],
-                     results["a"]["pyz_vs_go_true_paired"]))
+                     results["a"]["pyz_vs_go_true_paired"],
+                     judge("(a'') passthrough vs the Go peer", results["a"]["pyz_vs_go_true_paired"],
+                           results["a"]["pyz_vs_go_true_interval"], 0.6)))
             print("(a) passthrough `state` with the Go peer's command line: .pyz %s, Go peer %s -> %.2f x, paired "
                   "%.2f x (runc's own 'state' is most of both)" % (ms(medians["pyz-peer-args"]), ms(medians["go"]),
                                               medians["pyz-peer-args"] / medians["go"],
@@ -479,7 +527,9 @@ def main():
             results["b"] = {"create": medians["create"], "floor": medians["floor"],
                             "ratio": medians["create"] / medians["floor"],
                             "paired_ratio": paired(rounds, "create", "floor"),
+                            "paired_interval": paired_interval(rounds, "create", "floor"),
                             "hooks": medians["hooks"], "hooks_paired_ratio": paired(rounds, "hooks", "floor"),
+                            "hooks_paired_interval": paired_interval(rounds, "hooks", "floor"),
                             "floor_spread": spread([r["floor"] for r in rounds]),
                             "max_rss_kib": rss["create"], "floor_max_rss_kib": rss["floor"],
                             "config_bytes": len(pristine), "bundle_filesystem": memory or "disk",
@@ -487,20 +537,27 @@ def main():
                             "hooks_disk_paired_ratio": paired(rounds, "hooks-disk", "floor")}
             print("(b) bundle on %s" % (memory + " (tmpfs)" if memory else "the work directory's filesystem (no tmpfs)"))
             print("(b) create (Docker config, %d bytes), typical policy: %s, floor %s (10th-90th %s-%s) -> %.2f x "
-                  "floor, paired %.2f x (target <= 1.3); max RSS %d KiB (floor %d KiB)"
+                  "floor, paired %.2f x %s (target <= 1.3); max RSS %d KiB (floor %d KiB)"
                   % (len(pristine), ms(medians["create"]), ms(medians["floor"]), ms(results["b"]["floor_spread"][0]),
                      ms(results["b"]["floor_spread"][1]), medians["create"] / medians["floor"],
-                     results["b"]["paired_ratio"], rss["create"], rss["floor"]))
-            print("(b) create, the hooks of one hook file: %s -> %.2f x floor, paired %.2f x (target <= 1.3)"
-                  % (ms(medians["hooks"]), medians["hooks"] / medians["floor"], results["b"]["hooks_paired_ratio"]))
+                     results["b"]["paired_ratio"],
+                     judge("(b) typical create vs the floor", results["b"]["paired_ratio"],
+                           results["b"]["paired_interval"], 1.3), rss["create"], rss["floor"]))
+            print("(b) create, the hooks of one hook file: %s -> %.2f x floor, paired %.2f x %s (target <= 1.3)"
+                  % (ms(medians["hooks"]), medians["hooks"] / medians["floor"], results["b"]["hooks_paired_ratio"],
+                     judge("(b') hook-file create vs the floor", results["b"]["hooks_paired_ratio"],
+                           results["b"]["hooks_paired_interval"], 1.3)))
             if go_peer:
                 results["b"].update({"go_hooks": medians["go-hooks"],
                                      "hooks_vs_go_paired": paired(rounds, "hooks", "go-hooks"),
+                                     "hooks_vs_go_interval": paired_interval(rounds, "hooks", "go-hooks"),
                                      "go_vs_floor_paired": paired(rounds, "go-hooks", "floor")})
                 print("(b) the same create through the Go peer: %s = %.2f x floor (paired); .pyz / Go peer %.2f x, "
-                      "paired %.2f x (target about <= 1.9)"
+                      "paired %.2f x %s (target about <= 1.9)"
                       % (ms(medians["go-hooks"]), results["b"]["go_vs_floor_paired"],
-                         medians["hooks"] / medians["go-hooks"], results["b"]["hooks_vs_go_paired"]))
+                         medians["hooks"] / medians["go-hooks"], results["b"]["hooks_vs_go_paired"],
+                         judge("(b') hook-file create vs the Go peer", results["b"]["hooks_vs_go_paired"],
+                               results["b"]["hooks_vs_go_interval"], 1.9)))
             print("(b) the hook-file create with the bundle on disk (as Podman keeps it): %s -> %.2f x floor, paired "
                   "%.2f x" % (ms(medians["hooks-disk"]), medians["hooks-disk"] / medians["floor"],
                               results["b"]["hooks_disk_paired_ratio"]))
@@ -512,10 +569,11 @@ def main():
                          results["b"]["hooks_disk_vs_go_paired"]))
 
             # (i) the module's load on the create path
-            median, (low, high), blocks = module_load_seconds(pyz, max(20, args.pairs // 2))
-            results["i"] = {"median": median, "spread": (low, high), "blocks_loaded": blocks}
-            print("(i) module load (read, unmarshal, body): median %s, 10th-90th %s-%s (target <= 1.5 ms); "
-                  "on-demand blocks loaded: %s" % (ms(median), ms(low), ms(high), ", ".join(blocks) or "none"))
+            median, (low, high), interval, blocks = module_load_seconds(pyz, max(20, args.pairs // 2))
+            results["i"] = {"median": median, "spread": (low, high), "interval": interval, "blocks_loaded": blocks}
+            print("(i) module load (read, unmarshal, body): median %s %s, 10th-90th %s-%s (target <= 1.5 ms); "
+                  "on-demand blocks loaded: %s" % (ms(median), judge("(i) module load", median, interval, 0.0015, "ms"),
+                                                   ms(low), ms(high), ", ".join(blocks) or "none"))
 
             # (f) guardrails: the same create, policy in a file, with and without 20 guardrail rules
             results["f"] = guardrails_row(pyz, work, target, pristine, restore, args.pairs)
@@ -563,13 +621,16 @@ def main():
                         sides["runc-args"] = docker_run("runc-args")
                     medians, _ = alternate(sides, args.docker_pairs, rounds=rounds)
                     ratio = paired(rounds, "interceptor", "runc")
+                    interval = paired_interval(rounds, "interceptor", "runc")
                     results["d"][runtime] = {"interceptor": medians["interceptor"], "runc": medians["runc"],
                                              "ratio": medians["interceptor"] / medians["runc"],
-                                             "paired_ratio": ratio}
+                                             "paired_ratio": ratio, "paired_interval": interval}
                     print("(d) docker run --rm true, %s: interceptor %s, runc %s -> %.3f x; median of the %d "
-                          "paired ratios %.3f x (target <= 1.04)"
+                          "paired ratios %.3f x %s (target <= 1.04)"
                           % (label, ms(medians["interceptor"]), ms(medians["runc"]),
-                             medians["interceptor"] / medians["runc"], len(rounds), ratio))
+                             medians["interceptor"] / medians["runc"], len(rounds), ratio,
+                             judge("(d) docker run, " + ("runtimeArgs" if runtime == "oi-args" else "config file"),
+                                   ratio, interval, 1.04)))
                     if "runc-args" in sides:
                         wrapper = paired(rounds, "runc-args", "runc")
                         results["d"][runtime].update(runc_args=medians["runc-args"], runc_args_paired_ratio=wrapper,
@@ -582,6 +643,13 @@ def main():
             if docker is not None:
                 docker.stop()
         print("machine: " + results["machine"])
+        print("verdicts (met: the 95 % interval of the median is under the target; missed: over it; at the line: "
+              "it holds the target):")
+        for row, value, interval, target, unit, verdict in VERDICTS:
+            print("  %-40s %-11s %s [%s], target <= %s" % (row, verdict, number(value, unit), span(interval, unit),
+                                                             number(target, unit)))
+        results["verdicts"] = [{"row": row, "value": value, "interval": interval, "target": target,
+                                "verdict": verdict} for row, value, interval, target, unit, verdict in VERDICTS]
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
