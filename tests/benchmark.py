@@ -622,6 +622,7 @@ def main():
                     medians, _ = alternate(sides, args.docker_pairs, rounds=rounds)
                     ratio = paired(rounds, "interceptor", "runc")
                     interval = paired_interval(rounds, "interceptor", "runc")
+                    verdict_row = "(d') docker run, runtimeArgs" if runtime == "oi-args" else "(d) docker run, config file"
                     results["d"][runtime] = {"interceptor": medians["interceptor"], "runc": medians["runc"],
                                              "ratio": medians["interceptor"] / medians["runc"],
                                              "paired_ratio": ratio, "paired_interval": interval}
@@ -629,8 +630,7 @@ def main():
                           "paired ratios %.3f x %s (target <= 1.04)"
                           % (label, ms(medians["interceptor"]), ms(medians["runc"]),
                              medians["interceptor"] / medians["runc"], len(rounds), ratio,
-                             judge("(d) docker run, " + ("runtimeArgs" if runtime == "oi-args" else "config file"),
-                                   ratio, interval, 1.04)))
+                             judge(verdict_row, ratio, interval, 1.04)))
                     if "runc-args" in sides:
                         wrapper = paired(rounds, "runc-args", "runc")
                         results["d"][runtime].update(runc_args=medians["runc-args"], runc_args_paired_ratio=wrapper,
